@@ -1,0 +1,75 @@
+// Package throttler limits, queues and load-balances requests to the pods of
+// each revision: capacity = containerConcurrency × pods assigned to this
+// activator, a bounded FIFO queue per revision, and a per-pod in-flight ramp
+// for unlimited (CC=0) revisions.
+package throttler
+
+import (
+	"errors"
+	"time"
+)
+
+var (
+	// ErrQueueFull is returned at once when the revision's queue is at its
+	// bound; handlers answer 503 with Retry-After.
+	ErrQueueFull = errors.New("throttler: revision queue is full")
+	// ErrRevisionDeleted is returned to waiters of a deleted revision and to
+	// any Try for it until UpsertRevision is called again.
+	ErrRevisionDeleted = errors.New("throttler: revision deleted")
+	// ErrRetryable is wrapped by fn when the request never reached the pod
+	// (e.g. connection refused before any byte was sent); Try then retries on
+	// another pod.
+	ErrRetryable = errors.New("throttler: retryable: request did not reach the pod")
+)
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultQueueDepth bounds waiters per revision. Upstream nominally uses
+	// 10000 but adds MaxInt32, which makes it unbounded (#13583). A waiter
+	// costs well under 1 KiB here (plus its request, held by the server), so
+	// 10000 per revision is a few MiB at worst and still absorbs a large
+	// scale-from-zero burst.
+	DefaultQueueDepth = 10000
+	// DefaultMaxRetries bounds retries of one request on ErrRetryable.
+	DefaultMaxRetries = 3
+	// DefaultSuspectFor is how long a pod that refused a connection gets no
+	// new requests while other pods are available.
+	DefaultSuspectFor = time.Second
+	// DefaultInitialPodConcurrency is the starting per-pod in-flight cap for
+	// CC=0 revisions (see ramp.go).
+	DefaultInitialPodConcurrency = 10
+	// DefaultMaxPodConcurrency caps the CC=0 ramp; beyond it a pod is
+	// treated as unlimited.
+	DefaultMaxPodConcurrency = 1000
+)
+
+// Options configure a Throttler. Zero values select the defaults above.
+type Options struct {
+	// QueueDepth is the default bound of waiting requests per revision.
+	QueueDepth int
+	// MaxRetries bounds how often one request is retried after ErrRetryable.
+	MaxRetries int
+	// SuspectFor is how long a pod that returned ErrRetryable is avoided.
+	SuspectFor time.Duration
+	// InitialPodConcurrency is the initial per-pod in-flight cap at CC=0.
+	InitialPodConcurrency int
+	// MaxPodConcurrency is where the CC=0 ramp stops limiting a pod.
+	MaxPodConcurrency int
+}
+
+// RevisionConfig is the per-revision configuration.
+type RevisionConfig struct {
+	// ContainerConcurrency is the revision's CC; 0 means unlimited.
+	ContainerConcurrency int
+	// QueueDepth bounds waiting requests; 0 selects Options.QueueDepth.
+	QueueDepth int
+}
+
+// Backends are the routable destinations of a revision.
+type Backends struct {
+	// Dests are healthy pod addresses "ip:port".
+	Dests []string
+	// ClusterIPDest is the private service "ip:port" used when pods are not
+	// directly addressable (mesh); "" if none. Used only when Dests is empty.
+	ClusterIPDest string
+}
