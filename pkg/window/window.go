@@ -1,0 +1,269 @@
+// Package window holds per-second metric buckets and the window averages the
+// autoscaler decides on: a linear average and a weighted-exponential average.
+//
+// The results match Knative Serving's aggregation buckets bit for bit: the same
+// valid-bucket counting, the same floating-point operations in the same order
+// and the same 6-digit rounding of the linear average. Keeping the order of
+// operations identical matters because the decider takes ceilings of these
+// values; a last-bit difference could change a pod count.
+//
+// Windows are not safe for concurrent use; the owner (the collector) guards a
+// revision's windows with one lock.
+package window
+
+import (
+	"math"
+	"time"
+)
+
+const (
+	// Granularity is the width of one bucket.
+	Granularity = time.Second
+
+	// precision is the number of decimal digits the linear average keeps.
+	precision = 6
+	// minSmoothing bounds the EMA coefficient below so that very long windows
+	// do not degenerate into a plain average.
+	minSmoothing = 0.2
+	// weightPrecision is the share of the total weight the window's buckets
+	// must cover.
+	weightPrecision = 0.9999
+
+	// never marks a write time that has not happened. It is far enough in the
+	// past that differences to real times do not overflow int64 seconds.
+	never = math.MinInt64 / 4
+)
+
+// Buckets is a ring of per-second sums over a window. The zero value is not
+// usable; use NewLinear or NewWeighted.
+type Buckets struct {
+	buckets []float64
+	window  time.Duration
+	// total is the sum of every bucket, including ones outside the valid
+	// range; the linear average subtracts the stale ones when reading.
+	total float64
+	// first and last are the unix seconds of the first write of the current
+	// run of data and of the newest write; never when unset.
+	first, last int64
+
+	weighted bool
+	// coeff is the EMA smoothing coefficient (weighted only).
+	coeff float64
+}
+
+// NewLinear returns buckets averaging linearly over window.
+func NewLinear(window time.Duration) *Buckets {
+	return newBuckets(window, false)
+}
+
+// NewWeighted returns buckets computing a weighted-exponential average over
+// window, newest bucket weighted highest.
+func NewWeighted(window time.Duration) *Buckets {
+	return newBuckets(window, true)
+}
+
+func newBuckets(window time.Duration, weighted bool) *Buckets {
+	n := numBuckets(window)
+	b := &Buckets{
+		buckets:  make([]float64, n),
+		window:   window,
+		first:    never,
+		last:     never,
+		weighted: weighted,
+	}
+	if weighted {
+		b.coeff = smoothing(n)
+	}
+	return b
+}
+
+// numBuckets is ceil(window/granularity), at least 1 so that a nonsensical
+// window cannot make the ring empty.
+func numBuckets(window time.Duration) int {
+	n := int(math.Ceil(float64(window) / float64(Granularity)))
+	if n < 1 {
+		n = 1
+	}
+	return n
+}
+
+// smoothing returns the EMA coefficient for n buckets: the value at which n
+// buckets carry weightPrecision of the total weight, but at least minSmoothing.
+func smoothing(n int) float64 {
+	return math.Max(1-math.Pow(1-weightPrecision, 1/float64(n)), minSmoothing)
+}
+
+// Weighted reports whether b computes the weighted-exponential average.
+func (b *Buckets) Weighted() bool { return b.weighted }
+
+// Window returns the current window length.
+func (b *Buckets) Window() time.Duration { return b.window }
+
+// sinceSec converts a difference of unix seconds into a Duration, saturating
+// instead of overflowing (as time.Time.Sub does).
+func sinceSec(d int64) time.Duration {
+	const maxSec = math.MaxInt64 / int64(time.Second)
+	switch {
+	case d > maxSec:
+		return math.MaxInt64
+	case d < -maxSec:
+		return math.MinInt64
+	}
+	return time.Duration(d) * time.Second
+}
+
+// span is lastWrite−firstWrite in whole buckets, saturated like time.Time.Sub
+// when the first write is unset.
+func (b *Buckets) span() int64 {
+	if b.first == never {
+		return math.MaxInt64 / int64(time.Second)
+	}
+	return int64(sinceSec(b.last-b.first) / Granularity)
+}
+
+func (b *Buckets) idx(sec int64) int {
+	n := int64(len(b.buckets))
+	i := sec % n
+	if i < 0 {
+		i += n
+	}
+	return int(i)
+}
+
+// Record adds value to the bucket of second t. Seconds skipped since the last
+// write are zeroed; after a full window without writes the window restarts.
+// A value older than the window relative to the newest write is ignored.
+func (b *Buckets) Record(t time.Time, value float64) {
+	sec := t.Unix()
+	if b.last != sec {
+		if b.last != never && sinceSec(b.last-sec) >= b.window {
+			return // older than the window: it can never be read
+		}
+		if b.first == never || b.first > sec {
+			b.first = sec
+		}
+		if b.last == never || sec > b.last {
+			if b.last == never || sinceSec(sec-b.last) >= b.window {
+				// A whole window without writes: start afresh.
+				b.first = sec
+				clear(b.buckets)
+				b.total = 0
+			} else {
+				for i := b.last + 1; i <= sec; i++ {
+					j := b.idx(i)
+					b.total -= b.buckets[j]
+					b.buckets[j] = 0
+				}
+			}
+			b.last = sec
+		}
+	}
+	b.buckets[b.idx(sec)] += value
+	b.total += value
+}
+
+// IsEmpty reports whether nothing was written within the window before now.
+func (b *Buckets) IsEmpty(now time.Time) bool {
+	return b.last == never || sinceSec(now.Unix()-b.last) > b.window
+}
+
+// Average returns the window average as of now, linear or weighted according
+// to how b was built.
+func (b *Buckets) Average(now time.Time) float64 {
+	if b.weighted {
+		return b.weightedAverage(now.Unix())
+	}
+	return b.linearAverage(now.Unix())
+}
+
+// linearAverage divides the sum of the valid buckets by their number: at most
+// the buckets since the first write, excluding the empty seconds after the
+// last write.
+func (b *Buckets) linearAverage(now int64) float64 {
+	if b.last == never {
+		return 0
+	}
+	d := sinceSec(now - b.last)
+	switch {
+	case d <= 0:
+		n := math.Min(float64(b.span())+1, float64(len(b.buckets)))
+		return round(b.total / n)
+	case d < b.window:
+		sum := b.total
+		for i := b.last + 1; i <= now; i++ {
+			sum -= b.buckets[b.idx(i)]
+		}
+		n := math.Min(float64(b.span())+1, float64(len(b.buckets)-int(now-b.last)))
+		return round(sum / n)
+	default:
+		return 0
+	}
+}
+
+// weightedAverage is the newest-first EMA over the ring; the empty seconds
+// since the last write are skipped in one step by (1−α)^gap.
+func (b *Buckets) weightedAverage(now int64) float64 {
+	if b.IsEmptySec(now) {
+		return 0
+	}
+	n := len(b.buckets)
+	m := b.coeff
+	if now > b.last {
+		gap := now - b.last
+		m *= math.Pow(1-b.coeff, float64(gap))
+		n -= int(gap)
+	}
+	ret := 0.
+	for i := range n {
+		v := b.buckets[b.idx(b.last-int64(i))] * m
+		ret += v
+		m *= (1 - b.coeff)
+	}
+	return ret
+}
+
+// IsEmptySec is IsEmpty for a time given in unix seconds.
+func (b *Buckets) IsEmptySec(now int64) bool {
+	return b.last == never || sinceSec(now-b.last) > b.window
+}
+
+// Resize changes the window, keeping the newest data that fits when data was
+// written within the old window before now. O(window); meant for rare
+// configuration changes.
+func (b *Buckets) Resize(now time.Time, window time.Duration) {
+	if window == b.window {
+		return
+	}
+	n := numBuckets(window)
+	nb := make([]float64, n)
+	total := 0.
+	if b.last != never && sinceSec(now.Unix()-b.last) <= b.window {
+		old := len(b.buckets)
+		sec := b.last
+		for range min(n, old) {
+			v := b.buckets[b.idx(sec)]
+			j := sec % int64(n)
+			if j < 0 {
+				j += int64(n)
+			}
+			nb[j] = v
+			total += v
+			sec--
+		}
+		// The earliest time data may have been written within the old ring.
+		b.first = b.last - int64(old-1)
+	} else {
+		b.first = never
+	}
+	b.window = window
+	b.buckets = nb
+	b.total = total
+	if b.weighted {
+		b.coeff = smoothing(n)
+	}
+}
+
+func round(f float64) float64 {
+	p := math.Pow10(precision)
+	return math.Round(f*p) / p
+}
