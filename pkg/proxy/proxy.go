@@ -1,0 +1,192 @@
+// Package proxy forwards activator requests to a revision's pods with the
+// header contract queue-proxy expects, over one shared transport, and tells
+// the caller when a failed attempt never reached the pod and may be retried.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+)
+
+// Header names of the activator ↔ queue-proxy contract.
+const (
+	RevisionHeader     = "Knative-Serving-Revision"
+	NamespaceHeader    = "Knative-Serving-Namespace"
+	ProxyHeader        = "K-Proxy-Request"
+	OriginalHostHeader = "K-Original-Host"
+	// ProxyHeaderValue makes queue-proxy count the request as proxied, so the
+	// autoscaler does not count it twice.
+	ProxyHeaderValue = "activator"
+)
+
+// ErrNotSent is wrapped by Serve's error when the attempt failed before any
+// byte of the request reached the pod (the dial failed): nothing was written
+// to the client and the request may be sent to another pod.
+var ErrNotSent = errors.New("request not sent: could not connect to the pod")
+
+// Options tune a Proxy.
+type Options struct {
+	// WrapTransport, if set, wraps each shared transport once (client tracing).
+	WrapTransport func(http.RoundTripper) http.RoundTripper
+}
+
+// Proxy is a reverse proxy to pod addresses. It is safe for concurrent use.
+type Proxy struct {
+	h1, h2c http.RoundTripper
+	logger  *zap.SugaredLogger
+	buffers httputil.BufferPool
+}
+
+// New returns a Proxy over t.
+func New(t *Transport, logger *zap.SugaredLogger, opts Options) *Proxy {
+	var h1, h2c http.RoundTripper = t.H1, t.H2C
+	if opts.WrapTransport != nil {
+		h1, h2c = opts.WrapTransport(h1), opts.WrapTransport(h2c)
+	}
+	return &Proxy{h1: h1, h2c: h2c, logger: logger, buffers: &bufferPool{}}
+}
+
+// Serve proxies r to dest ("ip:port"), over h2c when h2c is set or r is
+// HTTP/2. It returns nil once a response, or a 502 for a failed attempt, was
+// written. It returns an error wrapping ErrNotSent, with nothing written,
+// when the pod refused the connection before the request (or any of its
+// body) was sent: the caller may then call Serve again with another dest.
+// Serve never retries by itself: a request that reached a pod is never sent
+// twice.
+func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, dest string, h2c bool) error {
+	body := trackBody(r)
+	a := attempt{p: p, dest: dest, body: body}
+	a.rp.Rewrite = a.rewrite
+	a.rp.ErrorHandler = a.handleError
+	a.rp.BufferPool = p.buffers
+	// FlushInterval 0: the standard library already flushes at once for
+	// streaming responses (unknown length, as gRPC, or text/event-stream)
+	// and batches only responses of known length.
+	a.rp.Transport = p.h1
+	if h2c || r.ProtoMajor == 2 {
+		a.rp.Transport = p.h2c
+	}
+	a.rp.ServeHTTP(w, r)
+	return a.notSent
+}
+
+type attempt struct {
+	rp      httputil.ReverseProxy
+	p       *Proxy
+	dest    string
+	body    *trackedBody
+	notSent error
+}
+
+func (a *attempt) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = a.dest
+	// The pod sees its own address as Host; queue-proxy restores the
+	// original from K-Original-Host.
+	out.Host = ""
+	if out.Header.Get(OriginalHostHeader) == "" {
+		out.Header.Set(OriginalHostHeader, in.Host)
+	}
+	out.Header.Del(RevisionHeader)
+	out.Header.Del(NamespaceHeader)
+	out.Header.Set(ProxyHeader, ProxyHeaderValue)
+
+	// Rewrite mode drops the forwarding headers; keep the ingress's ones
+	// (X-Forwarded-Proto matters to apps) and append the client to
+	// X-Forwarded-For, as upstream's Director-based proxy does.
+	for _, h := range []string{"Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v, ok := in.Header[h]; ok {
+			out.Header[h] = v
+		}
+	}
+	if ip, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
+		prior, had := in.Header["X-Forwarded-For"]
+		if had && len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		out.Header.Set("X-Forwarded-For", ip)
+	} else if prior, ok := in.Header["X-Forwarded-For"]; ok {
+		out.Header["X-Forwarded-For"] = prior
+	}
+}
+
+func (a *attempt) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil || errors.Is(err, context.Canceled) {
+		// The client left or the request timed out; whoever cancelled
+		// answers (or nobody is listening).
+		a.p.logger.Debugw("Proxy attempt cancelled", "dest", a.dest, zap.Error(err))
+		return
+	}
+	if isDialError(err) && !a.body.started() {
+		a.notSent = fmt.Errorf("%w: %s: %w", ErrNotSent, a.dest, err)
+		return
+	}
+	a.p.logger.Errorw("Error proxying request", "dest", a.dest, zap.Error(err))
+	http.Error(w, err.Error(), http.StatusBadGateway)
+}
+
+// isDialError reports whether err happened while connecting, before the
+// request was written.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// trackedBody lets a request body survive a failed attempt: the transport
+// closes the body on every error, which would make a retry impossible. A
+// body that was never read is kept open (the server closes the real one when
+// the handler returns); once read, Close passes through so a reader blocked
+// on a slow client is released.
+type trackedBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool
+}
+
+func trackBody(r *http.Request) *trackedBody {
+	if tb, ok := r.Body.(*trackedBody); ok {
+		return tb
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return &trackedBody{}
+	}
+	tb := &trackedBody{rc: r.Body}
+	r.Body = tb
+	return tb
+}
+
+func (b *trackedBody) started() bool { return b.read.Load() }
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.rc.Read(p)
+}
+
+func (b *trackedBody) Close() error {
+	if b.read.Load() {
+		return b.rc.Close()
+	}
+	return nil
+}
+
+// bufferPool recycles the 32 KiB copy buffers of the reverse proxy.
+type bufferPool struct{ pool sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.pool.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32*1024)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.pool.Put(&buf) }
