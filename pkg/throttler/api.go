@@ -41,13 +41,18 @@ const (
 	// DefaultMaxPodConcurrency caps the CC=0 ramp; beyond it a pod is
 	// treated as unlimited.
 	DefaultMaxPodConcurrency = 1000
+	// DefaultRampInterval is how often the CC=0 per-pod cap at least
+	// doubles even without completions, so long-lived requests (websockets,
+	// streams) cannot pin a pod at its initial cap.
+	DefaultRampInterval = time.Second
 )
 
 // Options configure a Throttler. Zero values select the defaults above.
 type Options struct {
 	// QueueDepth is the default bound of waiting requests per revision.
 	QueueDepth int
-	// MaxRetries bounds how often one request is retried after ErrRetryable.
+	// MaxRetries bounds how often one request is retried after ErrRetryable;
+	// negative disables retries.
 	MaxRetries int
 	// SuspectFor is how long a pod that returned ErrRetryable is avoided.
 	SuspectFor time.Duration
@@ -55,6 +60,37 @@ type Options struct {
 	InitialPodConcurrency int
 	// MaxPodConcurrency is where the CC=0 ramp stops limiting a pod.
 	MaxPodConcurrency int
+	// RampInterval is the period over which the CC=0 per-pod cap doubles
+	// with time alone.
+	RampInterval time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.QueueDepth <= 0 {
+		o.QueueDepth = DefaultQueueDepth
+	}
+	switch {
+	case o.MaxRetries == 0:
+		o.MaxRetries = DefaultMaxRetries
+	case o.MaxRetries < 0:
+		o.MaxRetries = 0
+	}
+	if o.SuspectFor <= 0 {
+		o.SuspectFor = DefaultSuspectFor
+	}
+	if o.InitialPodConcurrency <= 0 {
+		o.InitialPodConcurrency = DefaultInitialPodConcurrency
+	}
+	if o.MaxPodConcurrency <= 0 {
+		o.MaxPodConcurrency = DefaultMaxPodConcurrency
+	}
+	if o.MaxPodConcurrency < o.InitialPodConcurrency {
+		o.MaxPodConcurrency = o.InitialPodConcurrency
+	}
+	if o.RampInterval <= 0 {
+		o.RampInterval = DefaultRampInterval
+	}
+	return o
 }
 
 // RevisionConfig is the per-revision configuration.
@@ -70,6 +106,9 @@ type Backends struct {
 	// Dests are healthy pod addresses "ip:port".
 	Dests []string
 	// ClusterIPDest is the private service "ip:port" used when pods are not
-	// directly addressable (mesh); "" if none. Used only when Dests is empty.
+	// directly addressable (mesh); "" if none. When set, every request goes
+	// to it and Dests only count the ready pods behind it (as upstream), for
+	// capacity max(1, CC×len(Dests)/activators); an empty Dests then counts
+	// as one pod, since the ClusterIP passed a probe.
 	ClusterIPDest string
 }

@@ -2,6 +2,7 @@ package throttler
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"go.uber.org/zap"
@@ -9,39 +10,229 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// Throttler holds the per-revision throttlers of one activator.
+// Throttler holds the per-revision state of one activator. Revisions exist
+// from UpsertRevision until DeleteRevision; UpdateBackends and
+// UpdateActivators may arrive before UpsertRevision and are kept.
 type Throttler struct {
 	podIP  string
 	opts   Options
 	clk    clock.WithTicker
 	logger *zap.SugaredLogger
 
+	waiters sync.Pool
+
 	mu   sync.RWMutex
-	revs map[types.NamespacedName]struct{}
+	revs map[types.NamespacedName]*revThrottler
 }
 
 // New returns a Throttler for the activator with the given pod IP.
 func New(podIP string, opts Options, clk clock.WithTicker, logger *zap.SugaredLogger) *Throttler {
-	return &Throttler{podIP: podIP, opts: opts, clk: clk, logger: logger, revs: map[types.NamespacedName]struct{}{}}
+	if logger == nil {
+		logger = zap.NewNop().Sugar()
+	}
+	return &Throttler{
+		podIP:   podIP,
+		opts:    opts.withDefaults(),
+		clk:     clk,
+		logger:  logger,
+		waiters: sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }},
+		revs:    map[types.NamespacedName]*revThrottler{},
+	}
 }
 
-// Try waits for capacity, then calls fn with a destination "ip:port". If fn
-// returns an error wrapping ErrRetryable, Try retries fn on another pod.
+func (t *Throttler) getWaiter() *waiter { return t.waiters.Get().(*waiter) }
+
+func (t *Throttler) putWaiter(w *waiter) {
+	w.pod, w.err = nil, nil
+	t.waiters.Put(w)
+}
+
+func (t *Throttler) get(rev types.NamespacedName) *revThrottler {
+	t.mu.RLock()
+	rt := t.revs[rev]
+	t.mu.RUnlock()
+	return rt
+}
+
+// lockRev returns rev's state, created if missing, with its lock held. A
+// state removed from the map is marked deleted under both locks, so the
+// loop never updates an orphan.
+func (t *Throttler) lockRev(rev types.NamespacedName) *revThrottler {
+	for {
+		rt := t.get(rev)
+		if rt == nil {
+			t.mu.Lock()
+			if rt = t.revs[rev]; rt == nil {
+				rt = newRevThrottler(t, rev)
+				t.revs[rev] = rt
+			}
+			t.mu.Unlock()
+		}
+		rt.mu.Lock()
+		if !rt.deleted {
+			return rt
+		}
+		rt.mu.Unlock()
+	}
+}
+
+// removeLocked drops rt from the map; both t.mu and rt.mu are held.
+func (t *Throttler) removeLocked(rt *revThrottler, err error) {
+	if t.revs[rt.id] == rt {
+		delete(t.revs, rt.id)
+	}
+	rt.deleted = true
+	rt.stopTimerLocked()
+	rt.failAllLocked(err)
+}
+
+// Try waits for capacity, then calls fn with a destination "ip:port".
+//
+// It returns ErrQueueFull at once when the revision's queue is full,
+// ErrRevisionDeleted for a revision that is unknown (never upserted) or was
+// deleted (also to requests waiting when it is deleted), and ctx.Err() when
+// ctx ends while waiting. Otherwise it returns what fn returns. If fn
+// returns an error wrapping ErrRetryable (the request never reached the
+// pod), the pod is avoided for Options.SuspectFor and fn is called again on
+// another pod, at most Options.MaxRetries times; the last error is returned
+// when retries run out. Callers should call UpsertRevision with the
+// revision's current config before Try; it is cheap when nothing changed.
 func (t *Throttler) Try(ctx context.Context, rev types.NamespacedName, fn func(dest string) error) error {
-	return ErrRevisionDeleted
+	rt := t.get(rev)
+	if rt == nil {
+		return ErrRevisionDeleted
+	}
+	front := false
+	for attempt := 0; ; attempt++ {
+		p, err := rt.acquire(ctx, front)
+		if err != nil {
+			return err
+		}
+		err = rt.call(p, fn)
+		switch {
+		case err == nil:
+			rt.release(p, outcomeOK)
+			return nil
+		case !errors.Is(err, ErrRetryable):
+			rt.release(p, outcomeFailed)
+			return err
+		}
+		rt.release(p, outcomeRetryable)
+		if attempt >= t.opts.MaxRetries || ctx.Err() != nil {
+			return err
+		}
+		front = true
+	}
 }
 
-// UpsertRevision creates or reconfigures a revision.
-func (t *Throttler) UpsertRevision(rev types.NamespacedName, cfg RevisionConfig) {}
+// call runs fn and releases p's slot if fn panics (httputil.ReverseProxy
+// panics with http.ErrAbortHandler), so a slot is never lost.
+func (rt *revThrottler) call(p *pod, fn func(string) error) (err error) {
+	done := false
+	defer func() {
+		if !done {
+			rt.release(p, outcomeFailed)
+		}
+	}()
+	err = fn(p.dest)
+	done = true
+	return err
+}
 
-// UpdateBackends sets the healthy destinations of a revision.
-func (t *Throttler) UpdateBackends(rev types.NamespacedName, b Backends) {}
+// UpsertRevision creates or reconfigures a revision. A deleted revision is
+// revived. Changing CC changes per-pod limits and the LB policy at once;
+// lowering QueueDepth never evicts requests already waiting.
+func (t *Throttler) UpsertRevision(rev types.NamespacedName, cfg RevisionConfig) {
+	rt := t.lockRev(rev)
+	defer rt.mu.Unlock()
+	if rt.upsertLocked(cfg) {
+		rt.logger.Debugw("Revision configured", "containerConcurrency", rt.cc, "queueDepth", rt.depth)
+		rt.dispatchLocked()
+	}
+}
 
-// UpdateActivators sets the activator IPs from the revision's public Endpoints.
-func (t *Throttler) UpdateActivators(rev types.NamespacedName, activatorIPs []string) {}
+// UpdateBackends sets the healthy destinations of a revision. Trackers are
+// reused by dest; new pods serve waiters at once; removed pods finish their
+// in-flight requests and get no new ones.
+func (t *Throttler) UpdateBackends(rev types.NamespacedName, b Backends) {
+	if len(b.Dests) == 0 && b.ClusterIPDest == "" {
+		// Don't create state for a revision that has nothing to say.
+		if t.get(rev) == nil {
+			return
+		}
+	}
+	rt := t.lockRev(rev)
+	rt.setBackendsLocked(b)
+	rt.dispatchLocked()
+	orphan := !rt.configured && len(rt.sorted) == 0 && rt.clusterIP == nil && rt.numAct == 0
+	rt.mu.Unlock()
+	if orphan {
+		// Backends of a revision never configured (or already deleted) went
+		// away: drop the state so stale watchers cannot leak it.
+		t.mu.Lock()
+		rt.mu.Lock()
+		if !rt.configured && !rt.deleted && len(rt.sorted) == 0 && rt.clusterIP == nil && rt.numAct == 0 {
+			t.removeLocked(rt, ErrRevisionDeleted)
+		}
+		rt.mu.Unlock()
+		t.mu.Unlock()
+	}
+}
 
-// DeleteRevision ends all waiters of rev with ErrRevisionDeleted.
-func (t *Throttler) DeleteRevision(rev types.NamespacedName) {}
+// UpdateActivators sets the activator IPs of the revision's public
+// Endpoints. This activator's index is the position of its pod IP among the
+// sorted IPs; when absent it takes all pods.
+func (t *Throttler) UpdateActivators(rev types.NamespacedName, activatorIPs []string) {
+	if len(activatorIPs) == 0 && t.get(rev) == nil {
+		return
+	}
+	idx, n := activatorIndex(activatorIPs, t.podIP)
+	rt := t.lockRev(rev)
+	defer rt.mu.Unlock()
+	if rt.actIdx == idx && rt.numAct == n {
+		return
+	}
+	rt.logger.Infof("This activator's index is %d/%d, was %d/%d", idx, n, rt.actIdx, rt.numAct)
+	rt.actIdx, rt.numAct = idx, n
+	rt.reassignLocked()
+	rt.dispatchLocked()
+}
+
+// DeleteRevision forgets rev. Its waiting requests end at once with
+// ErrRevisionDeleted and so do later Try calls, until UpsertRevision.
+// In-flight requests finish normally.
+func (t *Throttler) DeleteRevision(rev types.NamespacedName) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rt := t.revs[rev]
+	if rt == nil {
+		return
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	t.removeLocked(rt, ErrRevisionDeleted)
+	rt.logger.Debug("Revision deleted")
+}
 
 // Stats returns the number of queued and in-flight requests of rev.
-func (t *Throttler) Stats(rev types.NamespacedName) (queued, active int) { return 0, 0 }
+func (t *Throttler) Stats(rev types.NamespacedName) (queued, active int) {
+	rt := t.get(rev)
+	if rt == nil {
+		return 0, 0
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.queued, rt.active
+}
+
+// Capacity returns how many requests of rev this activator lets in flight
+// at once (math.MaxInt32 when unlimited), or 0 for an unknown revision.
+func (t *Throttler) Capacity(rev types.NamespacedName) int {
+	rt := t.get(rev)
+	if rt == nil {
+		return 0
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.capacity
+}
