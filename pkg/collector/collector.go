@@ -1,0 +1,363 @@
+// Package collector keeps, per revision, the metric windows the decider reads:
+// concurrency and requests-per-second, each over the stable and the panic
+// window. Stats come from the activators (through the stat server) and from
+// the queue-proxy scraper; every stat of one second is summed into that
+// second's bucket, so the windows hold revision-wide totals.
+package collector
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"knative.dev/serving/pkg/apis/autoscaling"
+	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
+
+	"github.com/thaw-dev/thaw/pkg/window"
+	"github.com/thaw-dev/thaw/pkg/wire"
+)
+
+// ScrapeInterval is how often a revision's scraper runs.
+const ScrapeInterval = time.Second
+
+// DefaultMaxFutureSkew bounds how far in the future a stat's timestamp may
+// be. One far-future stat would otherwise move the window's newest second
+// ahead and make every later stat "old" until the clock caught up.
+const DefaultMaxFutureSkew = time.Minute
+
+var (
+	// ErrNoData means the stable window saw nothing for a whole window
+	// while a scrape target exists, so no decision can be made yet.
+	ErrNoData = errors.New("no data available")
+	// ErrNotCollecting means the revision has no collection.
+	ErrNotCollecting = errors.New("no metrics are being collected for the requested resource")
+)
+
+// Config is what the collection of one revision needs from its Metric.
+type Config struct {
+	StableWindow time.Duration
+	PanicWindow  time.Duration
+	// Weighted selects the weighted-exponential average instead of the
+	// linear one.
+	Weighted bool
+	// ScrapeTarget is the private service to scrape; empty (TBC = −1) means
+	// no scraping, and then an empty window means 0 rather than no data.
+	ScrapeTarget string
+}
+
+// ConfigFromMetric reads a Config from a Metric.
+func ConfigFromMetric(m *autoscalingv1alpha1.Metric) Config {
+	return Config{
+		StableWindow: m.Spec.StableWindow,
+		PanicWindow:  m.Spec.PanicWindow,
+		Weighted:     m.AggregationAlgorithm() == autoscaling.MetricAggregationAlgorithmWeightedExponential,
+		ScrapeTarget: m.Spec.ScrapeTarget,
+	}
+}
+
+// Scraper gathers one revision-wide stat from the revision's pods. A zero
+// Stat means nothing to record.
+type Scraper interface {
+	Scrape(ctx context.Context, stableWindow time.Duration) (wire.Stat, error)
+}
+
+// ScraperFactory builds the scraper of a revision; it may return a nil
+// Scraper when there is nothing to scrape.
+type ScraperFactory func(key types.NamespacedName, cfg Config) (Scraper, error)
+
+// Options configures a Collector.
+type Options struct {
+	Clock  clock.WithTicker
+	Logger *zap.SugaredLogger
+	// Scrapers builds per-revision scrapers; nil means no scraping.
+	Scrapers ScraperFactory
+	// OnChange is called (from the scrape goroutine) when a revision's
+	// scrape error state changes, so that its Metric status is refreshed.
+	OnChange func(types.NamespacedName)
+	// MaxFutureSkew overrides DefaultMaxFutureSkew; negative disables it.
+	MaxFutureSkew time.Duration
+}
+
+// Drops counts stats that were not recorded.
+type Drops struct {
+	// UnknownRevision: a stat for a revision without a collection.
+	UnknownRevision uint64
+	// Invalid: a non-finite value or a timestamp too far in the future.
+	Invalid uint64
+}
+
+// Collector holds the collections of all revisions. It is safe for
+// concurrent use.
+type Collector struct {
+	clock    clock.WithTicker
+	logger   *zap.SugaredLogger
+	scrapers ScraperFactory
+	onChange func(types.NamespacedName)
+	skew     time.Duration
+
+	mu   sync.RWMutex
+	revs map[types.NamespacedName]*collection
+
+	droppedUnknown, droppedInvalid atomic.Uint64
+}
+
+// New returns an empty Collector.
+func New(opts Options) *Collector {
+	c := &Collector{
+		clock:    opts.Clock,
+		logger:   opts.Logger,
+		scrapers: opts.Scrapers,
+		onChange: opts.OnChange,
+		skew:     opts.MaxFutureSkew,
+		revs:     make(map[types.NamespacedName]*collection),
+	}
+	if c.clock == nil {
+		c.clock = clock.RealClock{}
+	}
+	if c.logger == nil {
+		c.logger = zap.NewNop().Sugar()
+	}
+	if c.skew == 0 {
+		c.skew = DefaultMaxFutureSkew
+	}
+	return c
+}
+
+// collection is one revision's windows. One mutex guards all four: a
+// stat updates all of them together.
+type collection struct {
+	mu       sync.Mutex
+	cfg      Config
+	conc     window.Buckets
+	concPnc  window.Buckets
+	rps      window.Buckets
+	rpsPnc   window.Buckets
+	scraper  Scraper
+	lastErr  error
+	stop     context.CancelFunc
+	finished chan struct{}
+}
+
+func newCollection(cfg Config) *collection {
+	mk := window.NewLinear
+	if cfg.Weighted {
+		mk = window.NewWeighted
+	}
+	return &collection{
+		cfg:     cfg,
+		conc:    *mk(cfg.StableWindow),
+		concPnc: *mk(cfg.PanicWindow),
+		rps:     *mk(cfg.StableWindow),
+		rpsPnc:  *mk(cfg.PanicWindow),
+	}
+}
+
+// CreateOrUpdate creates the collection of key, or updates its windows (they
+// resize, keeping recent data). The aggregation algorithm is fixed at
+// creation, as it comes from an immutable revision annotation. It returns
+// the last scrape error of an existing collection.
+func (c *Collector) CreateOrUpdate(key types.NamespacedName, cfg Config) error {
+	var scraper Scraper
+	if c.scrapers != nil {
+		s, err := c.scrapers(key, cfg)
+		if err != nil {
+			return err
+		}
+		scraper = s
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if col, ok := c.revs[key]; ok {
+		now := c.clock.Now()
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		col.cfg = cfg
+		col.scraper = scraper
+		col.conc.Resize(now, cfg.StableWindow)
+		col.concPnc.Resize(now, cfg.PanicWindow)
+		col.rps.Resize(now, cfg.StableWindow)
+		col.rpsPnc.Resize(now, cfg.PanicWindow)
+		return col.lastErr
+	}
+	col := newCollection(cfg)
+	col.scraper = scraper
+	c.revs[key] = col
+	if c.scrapers != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		col.stop, col.finished = cancel, make(chan struct{})
+		go c.scrapeLoop(ctx, key, col)
+	}
+	return nil
+}
+
+// Delete removes the collection of key and stops its scraping.
+func (c *Collector) Delete(key types.NamespacedName) {
+	c.mu.Lock()
+	col, ok := c.revs[key]
+	delete(c.revs, key)
+	c.mu.Unlock()
+	if ok && col.stop != nil {
+		col.stop()
+		<-col.finished
+	}
+}
+
+// Close stops every scrape loop and removes every collection.
+func (c *Collector) Close() {
+	c.mu.Lock()
+	revs := c.revs
+	c.revs = make(map[types.NamespacedName]*collection)
+	c.mu.Unlock()
+	for _, col := range revs {
+		if col.stop != nil {
+			col.stop()
+			<-col.finished
+		}
+	}
+}
+
+// Len returns the number of collections.
+func (c *Collector) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.revs)
+}
+
+// Record adds a stat observed at t to the windows of key. Stats of unknown
+// revisions are dropped (collections are created only by CreateOrUpdate, so
+// memory is bounded by the Metrics that exist).
+func (c *Collector) Record(key types.NamespacedName, t time.Time, s wire.Stat) {
+	c.mu.RLock()
+	col := c.revs[key]
+	c.mu.RUnlock()
+	if col == nil {
+		if n := c.droppedUnknown.Add(1); n&(n-1) == 0 {
+			// Sampled: logs at the 1st, 2nd, 4th, 8th... drop.
+			c.logger.Infow("Dropped stat of an unknown revision", "key", key.String(), "dropped", n)
+		}
+		return
+	}
+	// Proxied requests were counted by the activator already.
+	concurrency := s.AverageConcurrentRequests - s.AverageProxiedConcurrentRequests
+	rps := s.RequestCount - s.ProxiedRequestCount
+	if math.IsNaN(concurrency) || math.IsInf(concurrency, 0) || math.IsNaN(rps) || math.IsInf(rps, 0) ||
+		(c.skew > 0 && t.Sub(c.clock.Now()) > c.skew) {
+		// One NaN would poison the window sum for as long as stats keep coming.
+		if n := c.droppedInvalid.Add(1); n&(n-1) == 0 {
+			c.logger.Warnw("Dropped invalid stat", "key", key.String(), "time", t,
+				"concurrency", concurrency, "rps", rps, "dropped", n)
+		}
+		return
+	}
+	col.mu.Lock()
+	col.record(t, concurrency, rps)
+	col.mu.Unlock()
+}
+
+func (col *collection) record(t time.Time, concurrency, rps float64) {
+	col.conc.Record(t, concurrency)
+	col.concPnc.Record(t, concurrency)
+	col.rps.Record(t, rps)
+	col.rpsPnc.Record(t, rps)
+}
+
+// Drops returns the counts of stats not recorded.
+func (c *Collector) Drops() Drops {
+	return Drops{UnknownRevision: c.droppedUnknown.Load(), Invalid: c.droppedInvalid.Load()}
+}
+
+// StableAndPanicConcurrency returns the stable and panic window averages of
+// concurrency for key as of now.
+func (c *Collector) StableAndPanicConcurrency(key types.NamespacedName, now time.Time) (float64, float64, error) {
+	return c.stableAndPanic(key, now, false)
+}
+
+// StableAndPanicRPS returns the stable and panic window averages of requests
+// per second for key as of now.
+func (c *Collector) StableAndPanicRPS(key types.NamespacedName, now time.Time) (float64, float64, error) {
+	return c.stableAndPanic(key, now, true)
+}
+
+func (c *Collector) stableAndPanic(key types.NamespacedName, now time.Time, rps bool) (float64, float64, error) {
+	c.mu.RLock()
+	col := c.revs[key]
+	c.mu.RUnlock()
+	if col == nil {
+		return 0, 0, ErrNotCollecting
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	stable, pnc := &col.conc, &col.concPnc
+	if rps {
+		stable, pnc = &col.rps, &col.rpsPnc
+	}
+	if col.cfg.ScrapeTarget != "" && stable.IsEmpty(now) {
+		return 0, 0, ErrNoData
+	}
+	return stable.Average(now), pnc.Average(now), nil
+}
+
+// LastError returns the last scrape error of key.
+func (c *Collector) LastError(key types.NamespacedName) error {
+	c.mu.RLock()
+	col := c.revs[key]
+	c.mu.RUnlock()
+	if col == nil {
+		return ErrNotCollecting
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return col.lastErr
+}
+
+// scrapeLoop scrapes key every ScrapeInterval until ctx ends. Scraping is
+// network-bound, so each revision has its own loop; a scrape never holds the
+// collection's lock.
+func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, col *collection) {
+	defer close(col.finished)
+	ticker := c.clock.NewTicker(ScrapeInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C():
+		}
+		col.mu.Lock()
+		scraper, cfg := col.scraper, col.cfg
+		col.mu.Unlock()
+		var (
+			stat wire.Stat
+			err  error
+		)
+		if scraper != nil && cfg.ScrapeTarget != "" {
+			stat, err = scraper.Scrape(ctx, cfg.StableWindow)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				c.logger.Errorw("Failed to scrape metrics", "key", key.String(), zap.Error(err))
+			}
+		}
+		col.mu.Lock()
+		changed := !errors.Is(err, col.lastErr)
+		col.lastErr = err
+		if stat != (wire.Stat{}) {
+			col.record(c.clock.Now(),
+				stat.AverageConcurrentRequests-stat.AverageProxiedConcurrentRequests,
+				stat.RequestCount-stat.ProxiedRequestCount)
+		}
+		col.mu.Unlock()
+		if changed && c.onChange != nil {
+			c.onChange(key)
+		}
+	}
+}
