@@ -1,0 +1,238 @@
+package revisions
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"knative.dev/serving/pkg/apis/serving"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	"knative.dev/serving/pkg/client/clientset/versioned/fake"
+)
+
+func rev(ns, name string, mut ...func(*servingv1.Revision)) *servingv1.Revision {
+	r := &servingv1.Revision{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: "uid-" + types.UID(name)},
+		Spec: servingv1.RevisionSpec{PodSpec: corev1.PodSpec{Containers: []corev1.Container{{
+			Image: "app", Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+		}}}},
+	}
+	for _, m := range mut {
+		m(r)
+	}
+	return r
+}
+
+func TestFromRevision(t *testing.T) {
+	tests := []struct {
+		name string
+		rev  *servingv1.Revision
+		want Info
+	}{{
+		name: "defaults",
+		rev:  rev("ns", "r"),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second, ProbeOptimisation: true},
+	}, {
+		name: "explicit fields",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.ContainerConcurrency = ptr.To[int64](3)
+			r.Spec.TimeoutSeconds = ptr.To[int64](10)
+			r.Spec.ResponseStartTimeoutSeconds = ptr.To[int64](5)
+			r.Spec.IdleTimeoutSeconds = ptr.To[int64](7)
+			r.Spec.Containers[0].Ports[0].Name = "h2c"
+			r.Annotations = map[string]string{FullDuplexAnnotation: "Enabled"}
+			r.Labels = map[string]string{serving.ServiceLabelKey: "svc", serving.ConfigurationLabelKey: "cfg"}
+		}),
+		want: Info{ContainerConcurrency: 3, Timeout: 10 * time.Second, ResponseStartTimeout: 5 * time.Second,
+			IdleTimeout: 7 * time.Second, H2C: true, FullDuplex: true, ProbeOptimisation: true,
+			Service: "svc", Configuration: "cfg"},
+	}, {
+		name: "full duplex other value",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Annotations = map[string]string{FullDuplexAnnotation: "Disabled"}
+			r.Spec.Containers[0].Ports[0].Name = "http1"
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second, ProbeOptimisation: true},
+	}, {
+		name: "exec readiness probe disables probe optimisation",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second},
+	}, {
+		name: "http readiness probe keeps probe optimisation",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/"}}}
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second, ProbeOptimisation: true},
+	}, {
+		name: "startup probe disables probe optimisation",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.Containers[0].StartupProbe = &corev1.Probe{}
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second},
+	}, {
+		name: "sidecar startup probe disables probe optimisation",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.Containers = append([]corev1.Container{{Image: "side", StartupProbe: &corev1.Probe{}}}, r.Spec.Containers...)
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second},
+	}, {
+		name: "zero container concurrency means unlimited",
+		rev: rev("ns", "r", func(r *servingv1.Revision) {
+			r.Spec.ContainerConcurrency = ptr.To[int64](0)
+		}),
+		want: Info{Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second, ProbeOptimisation: true},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := FromRevision(tc.rev)
+			tc.want.ID = types.NamespacedName{Namespace: "ns", Name: "r"}
+			tc.want.UID = "uid-r"
+			if *got != tc.want {
+				t.Errorf("FromRevision =\n%+v, want\n%+v", *got, tc.want)
+			}
+			// The protocol must agree with upstream's own helper.
+			if wantH2C := tc.rev.GetProtocol() == "h2c"; got.H2C != wantH2C {
+				t.Errorf("H2C = %v, upstream GetProtocol says %v", got.H2C, wantH2C)
+			}
+		})
+	}
+}
+
+func TestPortName(t *testing.T) {
+	if got := (&Info{}).PortName(); got != "http" {
+		t.Errorf("PortName = %q, want http", got)
+	}
+	if got := (&Info{H2C: true}).PortName(); got != "http2" {
+		t.Errorf("PortName(h2c) = %q, want http2", got)
+	}
+}
+
+func TestFromRequest(t *testing.T) {
+	tests := []struct {
+		name    string
+		host    string
+		headers map[string]string
+		want    types.NamespacedName
+		wantErr bool
+	}{
+		{name: "headers", host: "example.com", headers: map[string]string{RevisionHeader: "r", NamespaceHeader: "ns"}, want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "headers win over host", host: "a.b.svc.cluster.local", headers: map[string]string{RevisionHeader: "r", NamespaceHeader: "ns"}, want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "full host", host: "r.ns.svc.cluster.local", want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "full host port", host: "r.ns.svc.cluster.local:80", want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "full host trailing dot", host: "r.ns.svc.cluster.local.", want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "svc host", host: "r.ns.svc", want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "short host with port", host: "r.ns:8012", want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "only one header falls back to host", host: "r.ns.svc", headers: map[string]string{RevisionHeader: "x"}, want: types.NamespacedName{Namespace: "ns", Name: "r"}},
+		{name: "other cluster domain", host: "r.ns.svc.other.local", wantErr: true},
+		{name: "external host", host: "r.ns.example.com", wantErr: true},
+		{name: "bare name", host: "r", wantErr: true},
+		{name: "empty", host: "", wantErr: true},
+		{name: "ip", host: "10.0.0.1:8012", wantErr: true},
+		{name: "empty labels", host: ".ns.svc", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "http://x/", nil)
+			r.Host = tc.host
+			for k, v := range tc.headers {
+				r.Header.Set(k, v)
+			}
+			got, err := FromRequest(r, "cluster.local")
+			if tc.wantErr {
+				if !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrNoRevision) {
+					t.Fatalf("FromRequest(%q) = %v, %v; want ErrNoRevision", tc.host, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("FromRequest(%q) = %v, %v; want %v", tc.host, got, err, tc.want)
+			}
+		})
+	}
+}
+
+type events struct {
+	mu      sync.Mutex
+	upserts []*Info
+	deletes []types.NamespacedName
+}
+
+func (e *events) counts() (int, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.upserts), len(e.deletes)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestStore(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	client := fake.NewSimpleClientset(rev("ns", "a"))
+	s := NewStore(client, 0, zaptest.NewLogger(t).Sugar())
+	var ev events
+	s.OnUpsert(func(i *Info) { ev.mu.Lock(); ev.upserts = append(ev.upserts, i); ev.mu.Unlock() })
+	s.OnDelete(func(id types.NamespacedName) { ev.mu.Lock(); ev.deletes = append(ev.deletes, id); ev.mu.Unlock() })
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done // Run must return once ctx ends.
+	})
+	if !s.WaitForSync(ctx) {
+		t.Fatal("WaitForSync = false")
+	}
+
+	if info, err := s.Get("ns", "a"); err != nil || info.ID.Name != "a" {
+		t.Fatalf("Get(ns/a) = %v, %v", info, err)
+	}
+	if _, err := s.Get("ns", "missing"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(missing) err = %v, want ErrNotFound", err)
+	}
+
+	b := rev("ns", "b", func(r *servingv1.Revision) { r.Spec.ContainerConcurrency = ptr.To[int64](1) })
+	if _, err := client.ServingV1().Revisions("ns").Create(ctx, b, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b upserted", func() bool { u, _ := ev.counts(); return u == 2 })
+	if info, err := s.Get("ns", "b"); err != nil || info.ContainerConcurrency != 1 {
+		t.Fatalf("Get(ns/b) = %+v, %v", info, err)
+	}
+
+	b.Spec.ContainerConcurrency = ptr.To[int64](5)
+	if _, err := client.ServingV1().Revisions("ns").Update(ctx, b, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b updated", func() bool { info, err := s.Get("ns", "b"); return err == nil && info.ContainerConcurrency == 5 })
+
+	if err := client.ServingV1().Revisions("ns").Delete(ctx, "b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b deleted", func() bool { _, d := ev.counts(); return d == 1 })
+	if _, err := s.Get("ns", "b"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after delete err = %v, want ErrNotFound", err)
+	}
+	ev.mu.Lock()
+	if got := ev.deletes[0]; got != (types.NamespacedName{Namespace: "ns", Name: "b"}) {
+		t.Errorf("deleted %v, want ns/b", got)
+	}
+	ev.mu.Unlock()
+}
