@@ -36,7 +36,8 @@ type Options struct {
 	NoInstall bool
 	// SkipTools skips the cached upstream tools (only the repo's own binaries and packages are ensured).
 	SkipTools bool
-	// SkipLocal skips building the repo's own binaries (Thaw components, apps, pause).
+	// SkipLocal skips building the repo's own binaries (Thaw components, apps, pause); Paths then
+	// name those already built.
 	SkipLocal bool
 }
 
@@ -95,18 +96,31 @@ func Ensure(ctx context.Context, opts Options) (Paths, error) {
 	}
 	start := time.Now()
 	p := b.paths()
-	if err := b.ensurePackages(ctx, &p); err != nil {
-		return p, err
+	if b.root == "" {
+		// Only for inspection (everything skipped, outside a checkout): tool paths, no local ones.
+		_ = b.ensurePackages(ctx, &p)
+		return p, errNoRepo
+	}
+	// Missing packages with NoInstall are reported at the end, after the paths are complete: callers
+	// that only inspect the lab still get them.
+	pkgErr := b.ensurePackages(ctx, &p)
+	if pkgErr != nil && !errors.Is(pkgErr, ErrMissingPackages) {
+		return p, pkgErr
 	}
 	if !opts.SkipTools {
 		if err := b.ensureTools(ctx); err != nil {
 			return p, err
 		}
 	}
-	if !opts.SkipLocal {
+	if opts.SkipLocal {
+		b.findLocal(&p)
+	} else {
 		if err := b.buildLocal(ctx, &p); err != nil {
 			return p, err
 		}
+	}
+	if pkgErr != nil {
+		return p, pkgErr
 	}
 	b.logf("build: all done in %s", since(start))
 	return p, nil

@@ -222,6 +222,18 @@ func TestBuildLocal(t *testing.T) {
 		}
 	}
 
+	// With everything skipped, Ensure names what an earlier run built.
+	found, err := Ensure(context.Background(), Options{CacheDir: filepath.Join(root, "cache"), RepoRoot: root, Go: goCmd, NoInstall: true, SkipTools: true, SkipLocal: true})
+	if err != nil && !errors.Is(err, ErrMissingPackages) {
+		t.Fatal(err)
+	}
+	if found.Pause != p.Pause || found.Thaw["activator"] != p.Thaw["activator"] || len(found.Apps) != 2 || found.KubeAPIServer == "" {
+		t.Errorf("skip-all paths: %+v", found)
+	}
+	if _, ok := found.ThawSkipped["autoscaler"]; !ok {
+		t.Error("skip-all: autoscaler not reported as skipped")
+	}
+
 	// A Thaw component that does not compile is skipped with the compiler's message; an app is fatal.
 	t.Setenv("FAKE_GO_FAIL", "cmd/activator")
 	p = run()

@@ -97,7 +97,10 @@ func newBuilder(opts Options) (*builder, error) {
 	}
 	if b.root == "" {
 		if b.root, err = FindRepoRoot(); err != nil {
-			return nil, err
+			if !opts.SkipTools || !opts.SkipLocal {
+				return nil, err
+			}
+			b.root = "" // inspection only: Ensure returns the tool paths with errNoRepo
 		}
 	}
 	if b.goCmd == "" {
@@ -108,6 +111,8 @@ func newBuilder(opts Options) (*builder, error) {
 	}
 	return b, nil
 }
+
+var errNoRepo = fmt.Errorf("no go.mod of %s above the working directory; set RepoRoot", mainModule)
 
 // FindRepoRoot walks up from the working directory to the checkout's go.mod.
 func FindRepoRoot() (string, error) {
@@ -121,7 +126,7 @@ func FindRepoRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("no go.mod of %s above the working directory; set RepoRoot", mainModule)
+			return "", errNoRepo
 		}
 		dir = parent
 	}

@@ -69,6 +69,32 @@ func (b *builder) buildLocal(ctx context.Context, p *Paths) error {
 	return nil
 }
 
+// findLocal fills p with the repo's binaries already built by an earlier Ensure.
+func (b *builder) findLocal(p *Paths) {
+	outDir := filepath.Join(b.root, LocalBinDir)
+	exists := func(name string) (string, bool) {
+		f := filepath.Join(outDir, name)
+		fi, err := os.Stat(f)
+		return f, err == nil && fi.Mode().IsRegular()
+	}
+	if f, ok := exists("pause"); ok {
+		p.Pause = f
+	}
+	for _, c := range []string{"activator", "autoscaler"} {
+		if f, ok := exists("thaw-" + c); ok {
+			p.Thaw[c] = f
+		} else {
+			p.ThawSkipped[c] = "not built (build skipped)"
+		}
+	}
+	apps, _ := appDirs(filepath.Join(b.root, "test", "apps"))
+	for _, app := range apps {
+		if f, ok := exists("app-" + app); ok {
+			p.Apps[app] = f
+		}
+	}
+}
+
 // appDirs lists the sample apps: directories under dir holding a main package.
 func appDirs(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)

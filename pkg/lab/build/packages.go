@@ -62,7 +62,7 @@ func (b *builder) ensurePackages(ctx context.Context, p *Paths) error {
 		return fmt.Errorf("%w: %s (apt-get install %s)", ErrMissingPackages, strings.Join(missing, ", "), strings.Join(missing, " "))
 	}
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("%w: %s; installing them needs root", ErrMissingPackages, strings.Join(missing, ", "))
+		return fmt.Errorf("%s missing; installing them needs root", strings.Join(missing, ", "))
 	}
 	start := time.Now()
 	b.logf("build: %-24s installing %s...", "host packages", strings.Join(missing, " "))
