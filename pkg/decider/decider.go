@@ -82,9 +82,10 @@ type Decision struct {
 type Decider struct {
 	spec Spec
 
-	// panicTime is the last time the panic threshold was crossed; zero when
-	// not in panic.
-	panicTime time.Time
+	// panicTime is the last time the panic threshold was crossed (unix
+	// nanoseconds); meaningful only while inPanic.
+	panicTime int64
+	inPanic   bool
 	// maxPanicPods is the highest desired scale seen in this panic; while in
 	// panic the decider never goes below it.
 	maxPanicPods int32
@@ -102,7 +103,7 @@ type Decider struct {
 func New(spec Spec, ready int, now time.Time) *Decider {
 	d := &Decider{spec: spec, maxPanicPods: int32(ready)}
 	if ready > 1 {
-		d.panicTime = now
+		d.panicTime, d.inPanic = now.UnixNano(), true
 	}
 	if spec.ScaleDownDelay > 0 {
 		d.delay = window.NewMax(spec.ScaleDownDelay)
@@ -117,7 +118,7 @@ func (d *Decider) Update(spec Spec) { d.spec = spec }
 func (d *Decider) Spec() Spec { return d.spec }
 
 // InPanic reports whether the decider is in panic mode.
-func (d *Decider) InPanic() bool { return !d.panicTime.IsZero() }
+func (d *Decider) InPanic() bool { return d.inPanic }
 
 // Scale decides at now from obs.
 func (d *Decider) Scale(now time.Time, obs Observation) Decision {
@@ -126,7 +127,7 @@ func (d *Decider) Scale(now time.Time, obs Observation) Decision {
 	}
 	s := &d.spec
 	// At least one pod, so that scaling up from zero is possible.
-	readyF := math.Max(1, float64(obs.Ready))
+	readyF := max(1, float64(obs.Ready))
 
 	// Ceil so that a conservative rate still allows growing by one pod.
 	maxUp := math.Ceil(s.MaxScaleUpRate * readyF)
@@ -137,8 +138,10 @@ func (d *Decider) Scale(now time.Time, obs Observation) Decision {
 
 	dspc := math.Ceil(obs.Stable / s.TargetValue)
 	dppc := math.Ceil(obs.Panic / s.TargetValue)
-	stable := int32(math.Min(math.Max(dspc, maxDown), maxUp))
-	panicPods := int32(math.Min(math.Max(dppc, maxDown), maxUp))
+	// The builtin min and max treat NaN, ±0 and ±Inf as math.Min and
+	// math.Max do, but compile inline.
+	stable := int32(min(max(dspc, maxDown), maxUp))
+	panicPods := int32(min(max(dppc, maxDown), maxUp))
 
 	if s.ActivationScale > 1 {
 		if dspc > 0 && s.ActivationScale > stable {
@@ -149,19 +152,20 @@ func (d *Decider) Scale(now time.Time, obs Observation) Decision {
 		}
 	}
 
+	nowNs := now.UnixNano()
 	over := dppc/readyF >= s.PanicThreshold
 	switch {
 	case over:
 		// Enter panic, or extend it while still over the threshold.
-		d.panicTime = now
-	case !d.panicTime.IsZero() && d.panicTime.Add(s.StableWindow).Before(now):
+		d.panicTime, d.inPanic = nowNs, true
+	case d.inPanic && d.panicTime+int64(s.StableWindow) < nowNs:
 		// The surge has made its way into the stable window.
-		d.panicTime = time.Time{}
+		d.panicTime, d.inPanic = 0, false
 		d.maxPanicPods = 0
 	}
 
 	desired := stable
-	if !d.panicTime.IsZero() {
+	if d.inPanic {
 		// The stable value may exceed the panic one; provision for both.
 		desired = max(desired, panicPods)
 		// No scale-down while in panic.
@@ -187,7 +191,7 @@ func (d *Decider) Scale(now time.Time, obs Observation) Decision {
 	return Decision{
 		DesiredScale:        desired,
 		ExcessBurstCapacity: int32(ebc),
-		InPanic:             !d.panicTime.IsZero(),
+		InPanic:             d.inPanic,
 		Valid:               true,
 	}
 }

@@ -30,7 +30,15 @@ func NewMax(d time.Duration) *Max {
 	return &Max{slot: make([]int64, size), value: make([]int32, size)}
 }
 
-func (m *Max) at(i int) int { return (m.head + i) % len(m.slot) }
+// at maps the i-th entry to its ring index (i < len, so one wrap at most;
+// cheaper than a modulo on the hot path).
+func (m *Max) at(i int) int {
+	j := m.head + i
+	if j >= len(m.slot) {
+		j -= len(m.slot)
+	}
+	return j
+}
 
 // Record adds v at time now.
 func (m *Max) Record(now time.Time, v int32) {
@@ -42,7 +50,10 @@ func (m *Max) Record(now time.Time, v int32) {
 	// Entries that slid out of the window.
 	size := int64(len(m.slot))
 	for m.n > 0 && s-m.slot[m.head] >= size {
-		m.head = (m.head + 1) % len(m.slot)
+		m.head++
+		if m.head == len(m.slot) {
+			m.head = 0
+		}
 		m.n--
 	}
 	// One entry per slot: merge with a larger value already in this slot.
