@@ -23,8 +23,8 @@ import (
 	"github.com/thaw-dev/thaw/pkg/collector"
 	"github.com/thaw-dev/thaw/pkg/decider"
 	"github.com/thaw-dev/thaw/pkg/multiscaler"
-	"github.com/thaw-dev/thaw/pkg/wire"
 	"github.com/thaw-dev/thaw/pkg/window"
+	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
 var t0 = time.Unix(1_700_000_000, 0)
