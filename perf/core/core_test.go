@@ -333,7 +333,7 @@ func BenchmarkScheduler10k(b *testing.B) {
 		k := keyN(i)
 		_ = cc.CreateOrUpdate(k, thawConfig(k))
 		cc.Record(k, t0, wire.Stat{AverageConcurrentRequests: loads[i&1023]})
-		ms.Create(k, spec)
+		ms.Create(k, spec, multiscaler.Labels{})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})

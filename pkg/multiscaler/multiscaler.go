@@ -99,13 +99,17 @@ type MultiScaler struct {
 }
 
 type runner struct {
-	key types.NamespacedName
+	key    types.NamespacedName
+	labels Labels
 
 	// mu guards dec and status; held by the scheduler while deciding and by
 	// Update/Get.
 	mu     sync.Mutex
 	dec    *decider.Decider
 	status Status
+	// Observed values of the last valid decision, for the metrics.
+	stable, panic, target float64
+	decided               bool
 
 	// desired mirrors status.DesiredScale for the lock-free poke check.
 	desired atomic.Int32
@@ -157,9 +161,14 @@ func initialEBC(s decider.Spec) int32 {
 	}
 }
 
+// Labels name the service and configuration of a revision, for the metrics.
+type Labels struct {
+	Service, Configuration string
+}
+
 // Create starts deciding for key, unless a decider exists already; it returns
 // the current status either way.
-func (m *MultiScaler) Create(key types.NamespacedName, spec decider.Spec) Status {
+func (m *MultiScaler) Create(key types.NamespacedName, spec decider.Spec, labels Labels) Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if r, ok := m.runners[key]; ok {
@@ -174,6 +183,7 @@ func (m *MultiScaler) Create(key types.NamespacedName, spec decider.Spec) Status
 	now := m.clock.Now()
 	r := &runner{
 		key:    key,
+		labels: labels,
 		dec:    decider.New(spec, ready, now),
 		status: Status{DesiredScale: -1, ExcessBurstCapacity: initialEBC(spec), InPanic: ready > 1},
 		next:   now.Add(m.interval),
@@ -358,6 +368,7 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	changed := r.status.DesiredScale != d.DesiredScale ||
 		(r.status.ExcessBurstCapacity < 0) != (d.ExcessBurstCapacity < 0)
 	r.status = Status{DesiredScale: d.DesiredScale, ExcessBurstCapacity: d.ExcessBurstCapacity, InPanic: d.InPanic}
+	r.stable, r.panic, r.target, r.decided = obs.Stable, obs.Panic, r.dec.Spec().TargetValue, true
 	r.desired.Store(d.DesiredScale)
 	return changed
 }

@@ -173,12 +173,12 @@ func TestInitialStatus(t *testing.T) {
 			ms := New(Options{Clock: clocktest.NewFakeClock(time.Unix(1_700_000_000, 0)), Metrics: src, Pods: src})
 			s := spec
 			s.TargetBurstCapacity, s.InitialScale = tc.tbc, tc.init
-			if got := ms.Create(key, s); got != tc.want {
+			if got := ms.Create(key, s, Labels{}); got != tc.want {
 				t.Errorf("Create = %+v, want %+v", got, tc.want)
 			}
 			// A second Create keeps the existing decider.
 			s.TargetBurstCapacity = 0
-			if got := ms.Create(key, s); got != tc.want {
+			if got := ms.Create(key, s, Labels{}); got != tc.want {
 				t.Errorf("second Create = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -189,7 +189,7 @@ func TestTickAndInform(t *testing.T) {
 	h := start(t)
 	t0 := h.clk.Now()
 	h.src.set(25, 25, 1)
-	h.ms.Create(key, spec)
+	h.ms.Create(key, spec, Labels{})
 
 	h.step(time.Second) // not due yet
 	h.expectNoRead()
@@ -221,7 +221,7 @@ func TestMetricChoiceAndErrors(t *testing.T) {
 	s := spec
 	s.ScalingMetric = decider.MetricRPS
 	h.src.set(25, 25, 1)
-	h.ms.Create(key, s)
+	h.ms.Create(key, s, Labels{})
 	h.step(2 * time.Second)
 	h.expectRead()
 	h.expectInform(true)
@@ -263,7 +263,7 @@ func TestPoke(t *testing.T) {
 	h.src.set(0, 0, 0)
 	s := spec
 	s.TargetBurstCapacity = -1
-	h.ms.Create(key, s)
+	h.ms.Create(key, s, Labels{})
 
 	// Desired is −1 before the first decision: no poke.
 	h.ms.Poke(key, wire.Stat{AverageConcurrentRequests: 1})
@@ -309,7 +309,7 @@ func TestPokeNeverBlocks(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	s := spec
 	s.TargetBurstCapacity = 0
-	ms.Create(key, s)
+	ms.Create(key, s, Labels{})
 	for !clk.HasWaiters() {
 		time.Sleep(time.Millisecond)
 	}
@@ -334,7 +334,7 @@ func TestPokeNeverBlocks(t *testing.T) {
 func TestDeleteAndUpdate(t *testing.T) {
 	h := start(t)
 	h.src.set(25, 25, 1)
-	h.ms.Create(key, spec)
+	h.ms.Create(key, spec, Labels{})
 	h.step(2 * time.Second)
 	h.expectRead()
 	h.expectInform(true)
@@ -374,9 +374,9 @@ func TestPhasesAndJumps(t *testing.T) {
 	h := start(t)
 	h.src.set(0, 0, 0)
 	k2 := types.NamespacedName{Namespace: "ns", Name: "rev2"}
-	h.ms.Create(key, spec)
+	h.ms.Create(key, spec, Labels{})
 	h.step(time.Second)
-	h.ms.Create(k2, spec)
+	h.ms.Create(k2, spec, Labels{})
 	h.step(time.Second) // key due
 	h.expectRead()
 	h.expectNoRead()
