@@ -65,6 +65,19 @@ type State struct {
 	Netns       []string          `json:"netns"`       // network namespaces present before up
 }
 
+// Load reads the state file (an error wrapping os.ErrNotExist when there is none).
+func Load(path string) (*State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("state file %s: %w", path, err)
+	}
+	return &s, nil
+}
+
 // LoadOrRecord reads the state file, or records the current host state into it when it does not exist
 // (a second `up` must not record the lab's own changes as the baseline).
 func LoadOrRecord(path string) (*State, error) {
