@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -360,4 +361,17 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 			c.onChange(key)
 		}
 	}
+}
+
+var descDropped = prometheus.NewDesc("thaw_collector_stats_dropped_total",
+	"Stats the collector did not record, by reason.", []string{"reason"}, nil)
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) { ch <- descDropped }
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	d := c.Drops()
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(d.UnknownRevision), "unknown_revision")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(d.Invalid), "invalid")
 }
