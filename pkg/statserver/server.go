@@ -1,0 +1,372 @@
+// Package statserver is the autoscaler's websocket stat server (port 8080).
+//
+// Activators (upstream's or Thaw's) and other autoscaler replicas forwarding stats for buckets they do not
+// own dial it on any path and send binary frames, each a WireStatMessages (see package wire). Every entry
+// with a stat goes to a bounded channel owned by the caller; when the channel is full the connection's
+// reader blocks, which pushes back on that socket through TCP instead of buffering without bound.
+//
+// Compared with upstream's server it keeps the same wire behaviour (any path, binary frames only, entries
+// without a stat skipped, kubelet probes answered 200, close code 1012 "Restarting" on shutdown so clients
+// reconnect at once, bucket-host ownership check) and adds:
+//   - a frame size limit (1 MiB by default). An oversize frame is read through and discarded; unlike
+//     gorilla's SetReadLimit, which would close the connection, the connection lives on;
+//   - a drop counter by reason and one log line per dropped frame or entry;
+//   - Timestamp stamping from an injected clock (upstream does it in main);
+//   - a clear 426 for plain HTTP requests, and a send that gives up at shutdown instead of hanging.
+package statserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"k8s.io/utils/clock"
+	netheader "knative.dev/networking/pkg/http/header"
+
+	"github.com/thaw-dev/thaw/pkg/wire"
+)
+
+const (
+	// DefaultMaxFrameBytes bounds one frame. A batch from an activator holding many revisions is a few
+	// hundred bytes per revision, so 1 MiB leaves room for thousands.
+	DefaultMaxFrameBytes = 1 << 20
+
+	// CloseServiceRestart is the websocket close code sent on shutdown (IANA "Service Restart").
+	CloseServiceRestart = 1012
+
+	// bucketHostPrefix marks the per-bucket Services other autoscaler replicas forward stats through.
+	bucketHostPrefix = "autoscaler-bucket"
+
+	defaultCloseGrace = time.Second
+)
+
+// Drop reasons, the values of the `reason` label of thaw_statserver_dropped_total.
+const (
+	ReasonMalformed = "malformed_frame"
+	ReasonText      = "text_frame"
+	ReasonNoStat    = "no_stat"
+	ReasonOversize  = "oversize_frame"
+)
+
+// Options tunes a Server. The zero value is upstream's behaviour plus a 1 MiB frame limit.
+type Options struct {
+	// MaxFrameBytes is the largest frame decoded; bigger ones are dropped. 0 means DefaultMaxFrameBytes.
+	MaxFrameBytes int64
+	// OwnsBucket, if set, is asked for requests whose Host starts with "autoscaler-bucket": the first
+	// label of the host is the bucket name. A bucket this replica does not own is refused (503) without
+	// upgrading, so the forwarding replica retries against the new owner. Nil accepts all.
+	OwnsBucket func(bucket string) bool
+	// Registerer receives the server's metrics; nil leaves them unregistered.
+	Registerer prometheus.Registerer
+	// CloseGrace bounds how long a connection waits for the client's close reply at shutdown (default 1s,
+	// and never beyond the Shutdown context).
+	CloseGrace time.Duration
+}
+
+// Server receives stats over websockets and sends them to a channel until Shutdown.
+type Server struct {
+	addr     string
+	out      chan<- wire.StatMessage
+	opts     Options
+	clk      clock.PassiveClock
+	logger   *zap.SugaredLogger
+	srv      *http.Server
+	upgrader websocket.Upgrader
+	m        *metrics
+
+	// stopCtx is cancelled by Shutdown: it unblocks sends and makes each connection say goodbye.
+	stopCtx context.Context
+	stop    context.CancelFunc
+
+	mu      sync.Mutex
+	closing bool
+	// goodbyeBy bounds the close handshake of every connection: the earlier of the Shutdown context's
+	// deadline and now+CloseGrace. Set once, before stopCtx is cancelled.
+	goodbyeBy time.Time
+	conns     sync.WaitGroup
+}
+
+type metrics struct {
+	dropped     *prometheus.CounterVec
+	received    prometheus.Counter
+	connections prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, logger *zap.SugaredLogger) *metrics {
+	m := &metrics{
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "thaw_statserver_dropped_total",
+			Help: "Stat frames or entries dropped by the stat server, by reason.",
+		}, []string{"reason"}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "thaw_statserver_received_total",
+			Help: "Stat messages received and handed on by the stat server.",
+		}),
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "thaw_statserver_connections",
+			Help: "Open websocket connections of the stat server.",
+		}),
+	}
+	// Pre-create each reason so dashboards see zeros, not absent series.
+	for _, r := range []string{ReasonMalformed, ReasonText, ReasonNoStat, ReasonOversize} {
+		m.dropped.WithLabelValues(r)
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.dropped, m.received, m.connections} {
+			if err := reg.Register(c); err != nil {
+				logger.Warnw("Stat server metric not registered", zap.Error(err))
+			}
+		}
+	}
+	return m
+}
+
+// New makes a Server listening on addr (for ListenAndServe) that sends every received stat to out. The
+// caller owns out and must keep reading it until Shutdown returns; its capacity is the server's queue bound.
+func New(addr string, out chan<- wire.StatMessage, opts Options, clk clock.PassiveClock, logger *zap.SugaredLogger) *Server {
+	if opts.MaxFrameBytes <= 0 {
+		opts.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if opts.CloseGrace <= 0 {
+		opts.CloseGrace = defaultCloseGrace
+	}
+	logger = logger.Named("statserver").With("address", addr)
+	s := &Server{
+		addr:   addr,
+		out:    out,
+		opts:   opts,
+		clk:    clk,
+		logger: logger,
+		m:      newMetrics(opts.Registerer, logger),
+	}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.srv = &http.Server{
+		Addr:              addr,
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: time.Minute,
+	}
+	return s
+}
+
+// Handler returns the server's HTTP handler (probes, upgrade, receive loop), for use in another server.
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+// ListenAndServe listens on the address given to New and serves until Shutdown, when it returns nil.
+func (s *Server) ListenAndServe() error {
+	l, err := (&net.ListenConfig{KeepAlive: 3 * time.Minute}).Listen(context.Background(), "tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(l)
+}
+
+// Serve serves on l until Shutdown, when it returns nil.
+func (s *Server) Serve(l net.Listener) error {
+	s.logger.Infow("Stat server serving", "listener", l.Addr().String())
+	if err := s.srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops accepting, sends every open connection a close frame with code 1012 ("Restarting") and
+// waits for the connections to end, bounded by ctx. Senders blocked on a full channel give up.
+func (s *Server) Shutdown(ctx context.Context) error {
+	by := time.Now().Add(s.opts.CloseGrace)
+	if d, ok := ctx.Deadline(); ok && d.Before(by) {
+		by = d
+	}
+	s.mu.Lock()
+	if !s.closing {
+		s.closing = true
+		s.goodbyeBy = by
+	}
+	s.mu.Unlock()
+	s.stop()
+
+	err := s.srv.Shutdown(ctx) // listeners and plain HTTP; hijacked websockets are ours to wait for
+	done := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// The waiter goroutine ends when the last connection does; each one is already closing.
+		return fmt.Errorf("statserver: shutdown: %w", ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("statserver: shutdown: %w", err)
+	}
+	s.logger.Info("Stat server shut down")
+	return nil
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if netheader.IsKubeletProbe(r) {
+		// Readiness and liveness: once the server serves, it is healthy (as upstream).
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if s.opts.OwnsBucket != nil && strings.HasPrefix(r.Host, bucketHostPrefix) {
+		bkt, _, _ := strings.Cut(r.Host, ".")
+		if !s.opts.OwnsBucket(bkt) {
+			s.logger.Warnw("Refusing stats for a bucket this replica does not own", "bucket", bkt, "remote", r.RemoteAddr)
+			http.Error(w, "stat server: not the owner of bucket "+bkt, http.StatusServiceUnavailable)
+			return
+		}
+	}
+	if !websocket.IsWebSocketUpgrade(r) {
+		http.Error(w, "stat server: expected a websocket upgrade (or a kubelet probe)", http.StatusUpgradeRequired)
+		return
+	}
+
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		http.Error(w, "stat server: shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.conns.Add(1)
+	s.mu.Unlock()
+	defer s.conns.Done()
+
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// Upgrade has already answered the client with an error status.
+		s.logger.Warnw("Websocket upgrade failed", "remote", r.RemoteAddr, zap.Error(err))
+		return
+	}
+	s.m.connections.Inc()
+	defer s.m.connections.Dec()
+	s.receive(conn, r.RemoteAddr)
+}
+
+// receive runs one connection's read loop until the peer goes away or Shutdown.
+func (s *Server) receive(conn *websocket.Conn, remote string) {
+	logger := s.logger.With("remote", remote)
+	logger.Debug("Stat connection open")
+	defer conn.Close()
+
+	saidGoodbye := make(chan struct{})
+	stopGoodbye := context.AfterFunc(s.stopCtx, func() {
+		defer close(saidGoodbye)
+		s.goodbye(conn, logger)
+	})
+	defer func() {
+		// Let a started goodbye finish before the deferred Close, or the 1012 may never leave.
+		if !stopGoodbye() {
+			<-saidGoodbye
+		}
+	}()
+
+	var buf bytes.Buffer
+	for {
+		typ, r, err := conn.NextReader()
+		if err != nil {
+			if websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway,
+				websocket.CloseAbnormalClosure, CloseServiceRestart) || s.stopCtx.Err() != nil {
+				logger.Debugw("Stat connection closed", zap.Error(err))
+			} else {
+				logger.Infow("Stat connection ended", zap.Error(err))
+			}
+			return
+		}
+		buf.Reset()
+		// Read at most one byte past the limit: enough to tell an oversize frame without holding it.
+		n, err := buf.ReadFrom(io.LimitReader(r, s.opts.MaxFrameBytes+1))
+		if err != nil {
+			logger.Infow("Stat connection ended mid-frame", zap.Error(err))
+			return
+		}
+		if n > s.opts.MaxFrameBytes {
+			rest, err := io.Copy(io.Discard, r)
+			s.m.dropped.WithLabelValues(ReasonOversize).Inc()
+			logger.Warnw("Dropped an oversize stat frame", "bytes", n+rest, "limit", s.opts.MaxFrameBytes)
+			if err != nil {
+				logger.Infow("Stat connection ended mid-frame", zap.Error(err))
+				return
+			}
+			continue
+		}
+		if !s.handleFrame(typ, buf.Bytes(), logger) {
+			return
+		}
+		if buf.Cap() > 64<<10 && n < 4<<10 {
+			// Don't pin a large buffer for a connection that sent one big frame long ago.
+			buf = bytes.Buffer{}
+		}
+	}
+}
+
+// handleFrame decodes one frame and hands its stats on; false means Shutdown interrupted the send.
+func (s *Server) handleFrame(typ int, data []byte, logger *zap.SugaredLogger) bool {
+	msgs, noStat, drop, err := decodeFrame(typ, data, s.clk.Now().Unix())
+	if drop != "" {
+		s.m.dropped.WithLabelValues(drop).Inc()
+		logger.Warnw("Dropped a stat frame", "reason", drop, "type", typ, "bytes", len(data), zap.Error(err))
+		return true
+	}
+	if noStat > 0 {
+		s.m.dropped.WithLabelValues(ReasonNoStat).Add(float64(noStat))
+		logger.Warnw("Dropped stat entries without a stat", "count", noStat)
+	}
+	for _, sm := range msgs {
+		select {
+		case s.out <- sm:
+			s.m.received.Inc()
+		case <-s.stopCtx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+var errTextFrame = errors.New("statserver: text frame (stats are binary WireStatMessages)")
+
+// decodeFrame is the pure part of frame handling: it decodes a frame of websocket type typ into the
+// stats to deliver, stamping a zero Timestamp with now (unix seconds). drop is the reason the whole
+// frame is dropped, or "" when it is not; noStat counts entries skipped for having no stat.
+func decodeFrame(typ int, data []byte, now int64) (msgs []wire.StatMessage, noStat int, drop string, err error) {
+	if typ != websocket.BinaryMessage {
+		return nil, 0, ReasonText, errTextFrame
+	}
+	msgs, noStat, err = wire.UnmarshalMessages(data)
+	if err != nil {
+		return nil, 0, ReasonMalformed, err
+	}
+	for i := range msgs {
+		if msgs[i].Stat.Timestamp == 0 {
+			msgs[i].Stat.Timestamp = now
+		}
+	}
+	return msgs, noStat, "", nil
+}
+
+// goodbye tells the client to reconnect (to another replica, or to us after the restart) and makes the
+// read loop end: at the client's close reply, or after the grace period.
+func (s *Server) goodbye(conn *websocket.Conn, logger *zap.SugaredLogger) {
+	s.mu.Lock()
+	deadline := s.goodbyeBy
+	s.mu.Unlock()
+	msg := websocket.FormatCloseMessage(CloseServiceRestart, "Restarting")
+	if err := conn.WriteControl(websocket.CloseMessage, msg, deadline); err != nil {
+		logger.Debugw("Could not send close message", zap.Error(err))
+		conn.Close()
+		return
+	}
+	if err := conn.SetReadDeadline(deadline); err != nil {
+		conn.Close()
+	}
+}
