@@ -24,11 +24,11 @@ import (
 var testLB = v1alpha1.LoadBalancerIngressStatus{DomainInternal: selfDomain}
 
 type recFixture struct {
-	rec      *Reconciler
-	client   *netfake.Clientset
-	ings     cache.Indexer
-	svcs     cache.Indexer
-	proxy    *Proxy
+	rec    *Reconciler
+	client *netfake.Clientset
+	ings   cache.Indexer
+	svcs   cache.Indexer
+	proxy  *Proxy
 }
 
 func newRecFixture(t *testing.T, ings []*v1alpha1.Ingress, svcs ...*corev1.Service) *recFixture {
