@@ -288,6 +288,19 @@ func (s *Stack) Status(ctx context.Context) string {
 	return b.String()
 }
 
+// Diagnostics returns, for each namespace, pod states, events and container logs, then the tails of the
+// lab daemons' logs: what a failure message needs.
+func (s *Stack) Diagnostics(ctx context.Context, namespaces ...string) string {
+	var b strings.Builder
+	for _, ns := range namespaces {
+		b.WriteString(s.podDiagnostics(ctx, ns))
+	}
+	for _, d := range append(append([]string{}, cluster.Daemons...), cluster.Ingress) {
+		fmt.Fprintf(&b, "--- %s log (last lines) ---\n%s\n", d, s.Lab.Procs.Tail(d, 20))
+	}
+	return b.String()
+}
+
 // podDiagnostics returns pod states, events and the daemon log tails for a failure message.
 func (s *Stack) podDiagnostics(ctx context.Context, ns string) string {
 	cl, err := s.Lab.Client()
