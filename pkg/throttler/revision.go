@@ -477,7 +477,7 @@ func (rt *revThrottler) setBackendsLocked(b Backends) {
 	for _, p := range rt.sorted {
 		p.present = false
 	}
-	sorted := rt.sorted[:0]
+	sorted := make([]*pod, 0, len(dests))
 	for _, d := range dests {
 		p, ok := rt.pods[d]
 		if !ok {
@@ -487,7 +487,6 @@ func (rt *revThrottler) setBackendsLocked(b Backends) {
 		p.present = true
 		sorted = append(sorted, p)
 	}
-	clear(rt.sorted[len(sorted):cap(rt.sorted)])
 	rt.sorted = sorted
 	for d, p := range rt.pods {
 		if !p.present && p.inflight == 0 {
