@@ -112,6 +112,25 @@ func sinceSec(d int64) time.Duration {
 	return time.Duration(d) * time.Second
 }
 
+// sub returns a−b saturated to the int64 range, so that absurd timestamps
+// (a garbage stat dated in year −292 billion) cannot wrap around.
+func sub(a, b int64) int64 {
+	d := a - b
+	if (b < 0 && d < a) || (b > 0 && d > a) {
+		if b < 0 {
+			return math.MaxInt64
+		}
+		return math.MinInt64
+	}
+	return d
+}
+
+// unixSec returns t in unix seconds, clamped inside the range the buckets
+// represent (never is reserved).
+func unixSec(t time.Time) int64 {
+	return min(max(t.Unix(), never+1), -(never + 1))
+}
+
 // span is lastWrite−firstWrite in whole buckets, saturated like time.Time.Sub
 // when the first write is unset.
 func (b *Buckets) span() int64 {
@@ -134,16 +153,16 @@ func (b *Buckets) idx(sec int64) int {
 // write are zeroed; after a full window without writes the window restarts.
 // A value older than the window relative to the newest write is ignored.
 func (b *Buckets) Record(t time.Time, value float64) {
-	sec := t.Unix()
+	sec := unixSec(t)
 	if b.last != sec {
-		if b.last != never && sinceSec(b.last-sec) >= b.window {
+		if b.last != never && sinceSec(sub(b.last, sec)) >= b.window {
 			return // older than the window: it can never be read
 		}
 		if b.first == never || b.first > sec {
 			b.first = sec
 		}
 		if b.last == never || sec > b.last {
-			if b.last == never || sinceSec(sec-b.last) >= b.window {
+			if b.last == never || sinceSec(sub(sec, b.last)) >= b.window {
 				// A whole window without writes: start afresh.
 				b.first = sec
 				clear(b.buckets)
@@ -164,16 +183,16 @@ func (b *Buckets) Record(t time.Time, value float64) {
 
 // IsEmpty reports whether nothing was written within the window before now.
 func (b *Buckets) IsEmpty(now time.Time) bool {
-	return b.last == never || sinceSec(now.Unix()-b.last) > b.window
+	return b.IsEmptySec(unixSec(now))
 }
 
 // Average returns the window average as of now, linear or weighted according
 // to how b was built.
 func (b *Buckets) Average(now time.Time) float64 {
 	if b.weighted {
-		return b.weightedAverage(now.Unix())
+		return b.weightedAverage(unixSec(now))
 	}
-	return b.linearAverage(now.Unix())
+	return b.linearAverage(unixSec(now))
 }
 
 // linearAverage divides the sum of the valid buckets by their number: at most
@@ -183,7 +202,7 @@ func (b *Buckets) linearAverage(now int64) float64 {
 	if b.last == never {
 		return 0
 	}
-	d := sinceSec(now - b.last)
+	d := sinceSec(sub(now, b.last))
 	switch {
 	case d <= 0:
 		n := math.Min(float64(b.span())+1, float64(len(b.buckets)))
@@ -224,7 +243,7 @@ func (b *Buckets) weightedAverage(now int64) float64 {
 
 // IsEmptySec is IsEmpty for a time given in unix seconds.
 func (b *Buckets) IsEmptySec(now int64) bool {
-	return b.last == never || sinceSec(now-b.last) > b.window
+	return b.last == never || sinceSec(sub(now, b.last)) > b.window
 }
 
 // Resize changes the window, keeping the newest data that fits when data was
@@ -237,7 +256,7 @@ func (b *Buckets) Resize(now time.Time, window time.Duration) {
 	n := numBuckets(window)
 	nb := make([]float64, n)
 	total := 0.
-	if b.last != never && sinceSec(now.Unix()-b.last) <= b.window {
+	if b.last != never && sinceSec(sub(unixSec(now), b.last)) <= b.window {
 		old := len(b.buckets)
 		sec := b.last
 		for range min(n, old) {

@@ -243,3 +243,27 @@ func TestMax(t *testing.T) {
 		}
 	}
 }
+
+// Garbage timestamps must not crash; ones in the past must not disturb the
+// window. (Far-future ones move the window: the collector rejects them.)
+func TestAbsurdTimes(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	past := []time.Time{time.Unix(math.MinInt64, 0), time.Unix(math.MinInt64/4, 0), time.Unix(-1, 0), {}}
+	for _, weighted := range []bool{false, true} {
+		b := newBuckets(10*time.Second, weighted)
+		b.Record(t0, 4)
+		for _, bad := range past {
+			b.Record(bad, 1000)
+			_ = b.Average(bad)
+			_ = b.IsEmpty(bad)
+		}
+		if got, want := b.Average(t0), map[bool]float64{false: 4, true: 4 * b.coeff}[weighted]; got != want {
+			t.Errorf("weighted=%v: Average = %v, want %v", weighted, got, want)
+		}
+		for _, bad := range []time.Time{time.Unix(math.MaxInt64, 0), time.Unix(math.MaxInt64/4, 0)} {
+			b.Record(bad, 1000)
+			_ = b.Average(bad)
+			b.Resize(bad, 3*time.Second)
+		}
+	}
+}
