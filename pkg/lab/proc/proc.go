@@ -32,6 +32,23 @@ type Spec struct {
 	Dir  string   // working directory; "" = log directory
 }
 
+// MergeEnv returns base with each KEY=value of extra replacing base's KEY (os.StartProcess passes
+// duplicates through, and programs then read the first one).
+func MergeEnv(base, extra []string) []string {
+	out := make([]string, 0, len(base)+len(extra))
+	idx := map[string]int{}
+	for _, kv := range append(append([]string{}, base...), extra...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
 // record is what the pid file holds: the pid and the binary, so that a reused pid is never signalled.
 type record struct {
 	pid  int
@@ -73,7 +90,7 @@ func (m *Manager) Start(s Spec) (bool, error) {
 	// exec.Cmd is not used: its Wait would tie the daemon's lifetime to this process.
 	attr := &os.ProcAttr{
 		Dir:   dir,
-		Env:   append(os.Environ(), s.Env...),
+		Env:   MergeEnv(os.Environ(), s.Env),
 		Files: []*os.File{devnull, logf, logf},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
