@@ -59,7 +59,7 @@ var garbage = map[keyKind][]string{
 		"1e3", "0x5"},
 	kDuration: {"0", "0s", "1s", "5s", "5.5s", "6s", "6.000001s", "1h", "1h0m1s", "3600s", "-1s", "-0s", "1ms", "1ns",
 		"100ms", "61m", "abc", "", "10", "1.5s", " 6s", "999999h", "9223372036854775807ns", "1us", "1µs"},
-	kBool: {"true", "false", "True", "TRUE", "t", "F", "1", "0", "yes", "", " true"},
+	kBool:   {"true", "false", "True", "TRUE", "t", "F", "1", "0", "yes", "", " true"},
 	kString: {"", " " + KPA + " ", "custom.example.com", "kpa", "\t"},
 }
 
