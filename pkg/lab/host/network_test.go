@@ -1,0 +1,53 @@
+package host
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestNetworkRoundTrip creates a bridge of its own (root only) and checks that teardown plus sysctl
+// restore leave the host snapshot unchanged.
+func TestNetworkRoundTrip(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/usr/sbin/ip"); err != nil {
+		t.Skip("no ip command")
+	}
+	ctx := context.Background()
+	n := Network{Bridge: "thawtest0", BridgeCIDR: "10.199.0.1/16", ServiceCIDR: "10.198.0.0/16"}
+	statePath := filepath.Join(t.TempDir(), "state.json")
+	before := Take(ctx)
+	st, err := LoadOrRecord(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		TeardownNetwork(ctx, n)
+		st.RestoreSysctls()
+	})
+	if err := SetupNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	// Idempotent.
+	if err := SetupNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	mid := Take(ctx)
+	d := strings.Join(Diff(before, mid), "\n")
+	if !strings.Contains(d, "link added: thawtest0") || !strings.Contains(d, "route added: 10.198.0.0/16 dev thawtest0") {
+		t.Fatalf("setup not visible in the snapshot diff:\n%s", d)
+	}
+	if errs := TeardownNetwork(ctx, n); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if errs := st.RestoreSysctls(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if d := Diff(before, Take(ctx)); len(d) > 0 {
+		t.Fatalf("host differs after teardown:\n%s", strings.Join(d, "\n"))
+	}
+}
