@@ -241,7 +241,7 @@ func (l *Lab) etcdArgs() []string {
 		"--name=thaw", "--data-dir=" + l.Cfg.EtcdDir(),
 		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=thaw=http://127.0.0.1:2380", "--listen-metrics-urls=",
+		"--initial-cluster=thaw=http://127.0.0.1:2380",
 		// The lab is disposable: durability is not worth the fsync latency.
 		"--unsafe-no-fsync", "--log-level=warn",
 	}

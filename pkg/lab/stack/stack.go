@@ -155,9 +155,19 @@ func (s *Stack) Up(ctx context.Context) error {
 	for k, v := range s.Opts.Autoscaler {
 		as[k] = v
 	}
+	// A second `up` re-applies the manifests: keep a swap in place instead of reverting it.
+	imageOf := images.KnativeImage
+	if cur, err := swap.Current(ctx, cl.Kube); err == nil {
+		imageOf = func(c string) string {
+			if img, ok := cur[c]; ok {
+				return img
+			}
+			return images.KnativeImage(c)
+		}
+	}
 	ko := knative.Options{
 		ModuleDirs:   dirs,
-		Image:        images.KnativeImage,
+		Image:        imageOf,
 		Domain:       Domain,
 		IngressClass: kingress.IngressClass,
 		Autoscaler:   as,
