@@ -98,6 +98,12 @@ func (o *Options) defaults() {
 // Run serves the ingress until ctx ends: informers, one reconcile worker,
 // the load balancer Service upkeep and the HTTP proxy.
 func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
+	// client-go's default of 5 QPS throttles status writes when many
+	// Routes change at once (a burst of ksvc creations in the e2e suite).
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = 50, 100
+	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
