@@ -107,6 +107,9 @@ type Collector struct {
 	revs map[types.NamespacedName]*collection
 
 	droppedUnknown, droppedInvalid atomic.Uint64
+	// horizon caches clock.Now()+skew in unix nanoseconds: a stat up to it
+	// is not too far in the future, so most Records need no clock read.
+	horizon atomic.Int64
 }
 
 // New returns an empty Collector.
@@ -250,7 +253,7 @@ func (c *Collector) Record(key types.NamespacedName, t time.Time, s wire.Stat) {
 	concurrency := s.AverageConcurrentRequests - s.AverageProxiedConcurrentRequests
 	rps := s.RequestCount - s.ProxiedRequestCount
 	if math.IsNaN(concurrency) || math.IsInf(concurrency, 0) || math.IsNaN(rps) || math.IsInf(rps, 0) ||
-		(c.skew > 0 && t.Sub(c.clock.Now()) > c.skew) {
+		c.tooNew(t) {
 		// One NaN would poison the window sum for as long as stats keep coming.
 		if n := c.droppedInvalid.Add(1); n&(n-1) == 0 {
 			c.logger.Warnw("Dropped invalid stat", "key", key.String(), "time", t,
@@ -261,6 +264,20 @@ func (c *Collector) Record(key types.NamespacedName, t time.Time, s wire.Stat) {
 	col.mu.Lock()
 	col.record(t, concurrency, rps)
 	col.mu.Unlock()
+}
+
+// tooNew reports whether t is more than the allowed skew ahead of the clock.
+func (c *Collector) tooNew(t time.Time) bool {
+	if c.skew < 0 {
+		return false
+	}
+	tn := t.UnixNano()
+	if tn <= c.horizon.Load() {
+		return false
+	}
+	h := c.clock.Now().Add(c.skew).UnixNano()
+	c.horizon.Store(h)
+	return tn > h
 }
 
 func (col *collection) record(t time.Time, concurrency, rps float64) {

@@ -45,6 +45,9 @@ type Buckets struct {
 	// first and last are the unix seconds of the first write of the current
 	// run of data and of the newest write; never when unset.
 	first, last int64
+	// lastIdx is the ring index of last, so that the hot paths step through
+	// the ring instead of dividing.
+	lastIdx int
 
 	weighted bool
 	// coeff is the EMA smoothing coefficient (weighted only).
@@ -154,30 +157,43 @@ func (b *Buckets) idx(sec int64) int {
 // A value older than the window relative to the newest write is ignored.
 func (b *Buckets) Record(t time.Time, value float64) {
 	sec := unixSec(t)
-	if b.last != sec {
-		if b.last != never && sinceSec(sub(b.last, sec)) >= b.window {
-			return // older than the window: it can never be read
+	switch {
+	case b.last == sec:
+		// The common case: several stats within one second.
+	case b.last == never || sinceSec(sub(sec, b.last)) >= b.window:
+		// The first write, or a whole window without writes: start afresh.
+		b.first = sec
+		clear(b.buckets)
+		b.total = 0
+		b.last, b.lastIdx = sec, b.idx(sec)
+	case sec > b.last:
+		// Zero the seconds skipped since the last write.
+		j := b.lastIdx
+		for i := b.last + 1; i <= sec; i++ {
+			if j++; j == len(b.buckets) {
+				j = 0
+			}
+			b.total -= b.buckets[j]
+			b.buckets[j] = 0
 		}
+		if b.first == never || b.first > sec {
+			// Unset after a resize that found no recent data.
+			b.first = sec
+		}
+		b.last, b.lastIdx = sec, j
+	case sinceSec(sub(b.last, sec)) >= b.window:
+		return // older than the window: it can never be read
+	default:
+		// A late value within the window.
 		if b.first == never || b.first > sec {
 			b.first = sec
 		}
-		if b.last == never || sec > b.last {
-			if b.last == never || sinceSec(sub(sec, b.last)) >= b.window {
-				// A whole window without writes: start afresh.
-				b.first = sec
-				clear(b.buckets)
-				b.total = 0
-			} else {
-				for i := b.last + 1; i <= sec; i++ {
-					j := b.idx(i)
-					b.total -= b.buckets[j]
-					b.buckets[j] = 0
-				}
-			}
-			b.last = sec
-		}
+		j := b.idx(sec)
+		b.buckets[j] += value
+		b.total += value
+		return
 	}
-	b.buckets[b.idx(sec)] += value
+	b.buckets[b.lastIdx] += value
 	b.total += value
 }
 
@@ -209,8 +225,12 @@ func (b *Buckets) linearAverage(now int64) float64 {
 		return round(b.total / n)
 	case d < b.window:
 		sum := b.total
+		j := b.lastIdx
 		for i := b.last + 1; i <= now; i++ {
-			sum -= b.buckets[b.idx(i)]
+			if j++; j == len(b.buckets) {
+				j = 0
+			}
+			sum -= b.buckets[j]
 		}
 		n := math.Min(float64(b.span())+1, float64(len(b.buckets)-int(now-b.last)))
 		return round(sum / n)
@@ -233,10 +253,15 @@ func (b *Buckets) weightedAverage(now int64) float64 {
 		n -= int(gap)
 	}
 	ret := 0.
-	for i := range n {
-		v := b.buckets[b.idx(b.last-int64(i))] * m
+	decay := 1 - b.coeff
+	j := b.lastIdx
+	for range n {
+		v := b.buckets[j] * m
 		ret += v
-		m *= (1 - b.coeff)
+		m *= decay
+		if j--; j < 0 {
+			j = len(b.buckets) - 1
+		}
 	}
 	return ret
 }
@@ -277,6 +302,9 @@ func (b *Buckets) Resize(now time.Time, window time.Duration) {
 	b.window = window
 	b.buckets = nb
 	b.total = total
+	if b.last != never {
+		b.lastIdx = b.idx(b.last)
+	}
 	if b.weighted {
 		b.coeff = smoothing(n)
 	}
