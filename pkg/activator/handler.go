@@ -1,0 +1,313 @@
+// Package activator is the activator's HTTP data plane: kubelet and network
+// probes, revision lookup, concurrency reporting, revision timeouts, and the
+// activation step that waits for capacity in the throttler and proxies the
+// request to a pod.
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/revisions"
+	"github.com/thaw-dev/thaw/pkg/throttler"
+)
+
+// Probe headers and values (wire contract with kubelet, ingress and autoscaler).
+const (
+	KubeletProbeHeader = "K-Kubelet-Probe"
+	KubeProbeUAPrefix  = "kube-probe/"
+	NetworkProbeHeader = "K-Network-Probe"
+	NetworkHashHeader  = "K-Network-Hash"
+	// NetworkProbeValue asks for the ingress readiness echo of the hash.
+	NetworkProbeValue = "probe"
+	// Name answers "K-Network-Probe: activator".
+	Name = "activator"
+)
+
+// QueueFullBody is the body of the 503 answered when a revision's queue is full.
+const QueueFullBody = "pending request queue full"
+
+// Throttler waits for capacity of a revision and calls fn with a pod address.
+type Throttler interface {
+	Try(ctx context.Context, rev types.NamespacedName, fn func(dest string) error) error
+}
+
+// RevisionGetter looks revisions up; errors wrap revisions.ErrNotFound for
+// unknown ones.
+type RevisionGetter interface {
+	Get(namespace, name string) (*revisions.Info, error)
+}
+
+// Proxier sends a request to a pod. It returns an error wrapping
+// proxy.ErrNotSent (and writes nothing) when the pod was never reached.
+type Proxier interface {
+	Serve(w http.ResponseWriter, r *http.Request, dest string, h2c bool) error
+}
+
+// Config wires the handler. Throttler, Revisions, Proxy and Logger are required.
+type Config struct {
+	Throttler Throttler
+	Revisions RevisionGetter
+	Proxy     Proxier
+	// IsNotSent classifies a Proxy error as never having reached the pod.
+	IsNotSent func(error) bool
+	// Reporter counts requests per revision; nil disables reporting.
+	Reporter *concurrency.Reporter
+	// Health returns an error once the activator drains; nil: always healthy.
+	// Readiness deliberately ignores the autoscaler connection (#6529).
+	Health        func() error
+	ClusterDomain string
+	Clock         clock.Clock
+	Metrics       *Metrics
+	// TracerProvider and Propagator enable tracing when non-nil.
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
+	Logger         *zap.SugaredLogger
+}
+
+// NewHandler builds the handler chain, outermost first: kubelet probes,
+// network probes, revision lookup, then the request handler (tracing span,
+// metrics, concurrency reporting, timeouts, throttling, proxying).
+func NewHandler(cfg Config) http.Handler {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = "cluster.local"
+	}
+	if cfg.IsNotSent == nil {
+		cfg.IsNotSent = func(error) bool { return false }
+	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return &handler{cfg: cfg, tracer: tp.Tracer("knative.dev/serving/pkg/activator")}
+}
+
+type handler struct {
+	cfg    Config
+	tracer trace.Tracer
+}
+
+// IsKubeletProbe reports whether r is a kubelet probe.
+func IsKubeletProbe(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("User-Agent"), KubeProbeUAPrefix) || r.Header.Get(KubeletProbeHeader) != ""
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Kubelet probes on any path: readiness and liveness.
+	if IsKubeletProbe(r) {
+		if h.cfg.Health != nil {
+			if err := h.cfg.Health(); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	// Network probes.
+	switch v := r.Header.Get(NetworkProbeHeader); v {
+	case "":
+		r.Header.Del(NetworkHashHeader)
+	case NetworkProbeValue:
+		hash := r.Header.Get(NetworkHashHeader)
+		if hash == "" {
+			http.Error(w, fmt.Sprintf("a probe request must contain a non-empty %q header", NetworkHashHeader), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set(NetworkHashHeader, hash)
+		w.WriteHeader(http.StatusOK)
+		return
+	case Name:
+		io.WriteString(w, Name)
+		return
+	default:
+		http.Error(w, fmt.Sprintf("unexpected probe header value: %q", html.EscapeString(v)), http.StatusBadRequest)
+		return
+	}
+
+	// Revision lookup.
+	id, err := revisions.FromRequest(r, h.cfg.ClusterDomain)
+	var info *revisions.Info
+	if err == nil {
+		info, err = h.cfg.Revisions.Get(id.Namespace, id.Name)
+	}
+	if err != nil {
+		msg := "Error getting active endpoint: " + err.Error()
+		if errors.Is(err, revisions.ErrNotFound) {
+			h.cfg.Logger.Debugw("Unknown revision", "revision", id.String(), zap.Error(err))
+			http.Error(w, msg, http.StatusNotFound)
+			return
+		}
+		h.cfg.Logger.Errorw("Error getting revision", "revision", id.String(), zap.Error(err))
+		http.Error(w, msg, http.StatusInternalServerError)
+		return
+	}
+	h.serveRevision(w, r, info)
+}
+
+func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *revisions.Info) {
+	start := h.cfg.Clock.Now()
+	ctx := r.Context()
+	var span trace.Span
+	if h.cfg.TracerProvider != nil {
+		if h.cfg.Propagator != nil {
+			ctx = h.cfg.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
+		}
+		ctx, span = h.tracer.Start(ctx, "handle", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+			attribute.String("http.request.method", r.Method),
+			attribute.String("url.path", r.URL.Path),
+			attribute.String("kn.service.name", info.Service),
+			attribute.String("kn.configuration.name", info.Configuration),
+			attribute.String("kn.revision.name", info.ID.Name),
+			attribute.String("k8s.namespace.name", info.ID.Namespace),
+		))
+		r = r.WithContext(ctx)
+	}
+	if info.FullDuplex {
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			h.cfg.Logger.Debugw("Unable to enable full duplex", zap.Error(err))
+		}
+	}
+
+	var status int
+	defer func() {
+		// Deferred so an aborted response (panic) is still counted.
+		code := status
+		if code == 0 {
+			code = http.StatusOK
+		}
+		h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), protoVersion(r),
+			info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(h.cfg.Clock.Since(start).Seconds())
+		if span != nil {
+			span.SetAttributes(attribute.Int("http.response.status_code", code))
+			if code >= 500 {
+				span.SetStatus(codes.Error, http.StatusText(code))
+			}
+			span.End()
+		}
+	}()
+
+	// Counted from arrival to completion, queue time included.
+	if h.cfg.Reporter != nil {
+		tok := h.cfg.Reporter.Begin(info.ID, concurrency.Labels{Service: info.Service, Configuration: info.Configuration})
+		defer tok.End()
+	}
+
+	to := Timeouts{Total: info.Timeout, ResponseStart: info.ResponseStartTimeout, Idle: info.IdleTimeout}
+	var abort bool
+	status, abort = serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
+		h.activate(w, r, info)
+	})
+	if abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// activate waits for capacity and proxies. A panic in the proxy (an aborted
+// response copy) is re-raised only after Try returned, so the throttler
+// always gets its capacity back.
+func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisions.Info) {
+	rev := info.ID
+	queued := h.cfg.Metrics.queued.WithLabelValues(rev.Namespace, rev.Name)
+	active := h.cfg.Metrics.active.WithLabelValues(rev.Namespace, rev.Name)
+	queued.Inc()
+	dequeued := false
+
+	tracing := h.cfg.TracerProvider != nil
+	tryCtx, trySpan := r.Context(), trace.SpanFromContext(context.Background())
+	if tracing {
+		tryCtx, trySpan = h.tracer.Start(r.Context(), "throttler_try")
+	}
+	var panicked any
+	err := h.cfg.Throttler.Try(tryCtx, rev, func(dest string) (err error) {
+		if !dequeued {
+			dequeued = true
+			queued.Dec()
+			trySpan.End()
+		}
+		active.Inc()
+		defer active.Dec()
+		defer func() {
+			if p := recover(); p != nil {
+				panicked = p
+				err = nil
+			}
+		}()
+		pr := r
+		if tracing {
+			proxyCtx, proxySpan := h.tracer.Start(r.Context(), "activator_proxy", trace.WithAttributes(attribute.String("dest", dest)))
+			defer proxySpan.End()
+			pr = r.WithContext(proxyCtx)
+		}
+		if err := h.cfg.Proxy.Serve(w, pr, dest, info.H2C); err != nil {
+			if h.cfg.IsNotSent(err) {
+				return fmt.Errorf("%w: %w", throttler.ErrRetryable, err)
+			}
+			return err
+		}
+		return nil
+	})
+	if !dequeued {
+		queued.Dec()
+	}
+	if panicked != nil {
+		panic(panicked)
+	}
+	if err == nil {
+		return
+	}
+	if !dequeued {
+		trySpan.SetStatus(codes.Error, err.Error())
+		trySpan.End()
+	}
+	h.writeTryError(w, r, rev, err)
+}
+
+// writeTryError answers a request that never got a pod. If a timeout already
+// answered (504), the writer drops this.
+func (h *handler) writeTryError(w http.ResponseWriter, r *http.Request, rev types.NamespacedName, err error) {
+	switch {
+	case errors.Is(err, throttler.ErrQueueFull):
+		// Shed load at once so memory stays bounded; clients retry shortly.
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, QueueFullBody, http.StatusServiceUnavailable)
+	case errors.Is(err, throttler.ErrRevisionDeleted):
+		// What a new request for the deleted revision gets too.
+		http.Error(w, fmt.Sprintf("Error getting active endpoint: revision %s was deleted", rev), http.StatusNotFound)
+	case errors.Is(err, throttler.ErrRetryable):
+		// Every pod tried refused the connection.
+		h.cfg.Logger.Warnw("No pod accepted the connection", "revision", rev.String(), zap.Error(err))
+		http.Error(w, err.Error(), http.StatusBadGateway)
+	case errors.Is(err, context.DeadlineExceeded):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	case r.Context().Err() != nil:
+		// Client gone or timed out (504 already written): nothing to say.
+		h.cfg.Logger.Debugw("Request ended while waiting for capacity", "revision", rev.String(), zap.Error(err))
+		w.WriteHeader(http.StatusServiceUnavailable)
+	default:
+		h.cfg.Logger.Errorw("Throttler try error", "revision", rev.String(), zap.Error(err))
+		w.WriteHeader(http.StatusInternalServerError)
+	}
+}

@@ -1,0 +1,67 @@
+package activator
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Metrics are the activator's request instruments, named as upstream's OTel
+// instruments appear through a Prometheus exporter.
+type Metrics struct {
+	queued   *prometheus.GaugeVec
+	active   *prometheus.GaugeVec
+	duration *prometheus.HistogramVec
+}
+
+// NewMetrics registers the request metrics with reg (nil: unregistered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	revLabels := []string{"k8s_namespace_name", "kn_revision_name"}
+	m := &Metrics{
+		queued: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kn_revision_request_queued",
+			Help: "Number of requests currently queued in the activator waiting for capacity",
+		}, revLabels),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kn_revision_request_active",
+			Help: "Number of requests currently being proxied by the activator",
+		}, revLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "http_server_request_duration_seconds",
+			Help: "Duration of HTTP server requests.",
+			// OTel's semantic-convention buckets for this instrument.
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10},
+		}, []string{"http_request_method", "http_response_status_code", "network_protocol_version",
+			"kn_service_name", "kn_configuration_name", "kn_revision_name", "k8s_namespace_name"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.queued, m.active, m.duration)
+	}
+	return m
+}
+
+// DeleteRevision drops the series of a deleted revision, bounding memory.
+func (m *Metrics) DeleteRevision(rev types.NamespacedName) {
+	m.queued.DeleteLabelValues(rev.Namespace, rev.Name)
+	m.active.DeleteLabelValues(rev.Namespace, rev.Name)
+	m.duration.DeletePartialMatch(prometheus.Labels{"kn_revision_name": rev.Name, "k8s_namespace_name": rev.Namespace})
+}
+
+// methodLabel keeps the method label's cardinality bounded, as OTel does.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "_OTHER"
+}
+
+func protoVersion(r *http.Request) string {
+	if r.ProtoMajor == 2 {
+		return "2"
+	}
+	return strconv.Itoa(r.ProtoMajor) + "." + strconv.Itoa(r.ProtoMinor)
+}
