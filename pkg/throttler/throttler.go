@@ -21,8 +21,11 @@ type Throttler struct {
 
 	waiters sync.Pool
 
-	mu   sync.RWMutex
-	revs map[types.NamespacedName]*revThrottler
+	// revs maps types.NamespacedName to *revThrottler. A sync.Map keeps the
+	// per-request lookup free of shared writes; mu serialises creation and
+	// removal.
+	revs sync.Map
+	mu   sync.Mutex
 }
 
 // New returns a Throttler for the activator with the given pod IP.
@@ -36,7 +39,6 @@ func New(podIP string, opts Options, clk clock.WithTicker, logger *zap.SugaredLo
 		clk:     clk,
 		logger:  logger,
 		waiters: sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }},
-		revs:    map[types.NamespacedName]*revThrottler{},
 	}
 }
 
@@ -48,10 +50,10 @@ func (t *Throttler) putWaiter(w *waiter) {
 }
 
 func (t *Throttler) get(rev types.NamespacedName) *revThrottler {
-	t.mu.RLock()
-	rt := t.revs[rev]
-	t.mu.RUnlock()
-	return rt
+	if v, ok := t.revs.Load(rev); ok {
+		return v.(*revThrottler)
+	}
+	return nil
 }
 
 // lockRev returns rev's state, created if missing, with its lock held. A
@@ -62,9 +64,9 @@ func (t *Throttler) lockRev(rev types.NamespacedName) *revThrottler {
 		rt := t.get(rev)
 		if rt == nil {
 			t.mu.Lock()
-			if rt = t.revs[rev]; rt == nil {
+			if rt = t.get(rev); rt == nil {
 				rt = newRevThrottler(t, rev)
-				t.revs[rev] = rt
+				t.revs.Store(rev, rt)
 			}
 			t.mu.Unlock()
 		}
@@ -78,9 +80,7 @@ func (t *Throttler) lockRev(rev types.NamespacedName) *revThrottler {
 
 // removeLocked drops rt from the map; both t.mu and rt.mu are held.
 func (t *Throttler) removeLocked(rt *revThrottler, err error) {
-	if t.revs[rt.id] == rt {
-		delete(t.revs, rt.id)
-	}
+	t.revs.CompareAndDelete(rt.id, rt)
 	rt.deleted = true
 	rt.stopTimerLocked()
 	rt.failAllLocked(err)
@@ -204,7 +204,7 @@ func (t *Throttler) UpdateActivators(rev types.NamespacedName, activatorIPs []st
 func (t *Throttler) DeleteRevision(rev types.NamespacedName) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	rt := t.revs[rev]
+	rt := t.get(rev)
 	if rt == nil {
 		return
 	}
