@@ -358,4 +358,3 @@ func (s *Sink) Status() error {
 	}
 	return errors.New("autoscaler connection not established")
 }
-

@@ -220,4 +220,3 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return -1
 }
-
