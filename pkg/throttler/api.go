@@ -25,11 +25,16 @@ var (
 // Defaults for Options fields left zero.
 const (
 	// DefaultQueueDepth bounds waiters per revision. Upstream nominally uses
-	// 10000 but adds MaxInt32, which makes it unbounded (#13583). A waiter
-	// costs well under 1 KiB here (plus its request, held by the server), so
-	// 10000 per revision is a few MiB at worst and still absorbs a large
-	// scale-from-zero burst.
+	// 10000 but adds MaxInt32, which makes it unbounded (#13583). 10000
+	// keeps every burst that upstream buffered in practice, while
+	// DefaultTotalQueueDepth bounds the sum.
 	DefaultQueueDepth = 10000
+	// DefaultTotalQueueDepth bounds waiters across all revisions. A waiting
+	// request costs the activator about 20 KiB (its goroutine stack, bufio
+	// buffers, the request and headers; the throttler's own share is under
+	// 100 bytes), so 20000 waiters stay near 400 MiB, inside upstream's
+	// 600 MiB activator limit, however many revisions start cold at once.
+	DefaultTotalQueueDepth = 20000
 	// DefaultMaxRetries bounds retries of one request on ErrRetryable.
 	DefaultMaxRetries = 3
 	// DefaultSuspectFor is how long a pod that refused a connection gets no
@@ -51,6 +56,8 @@ const (
 type Options struct {
 	// QueueDepth is the default bound of waiting requests per revision.
 	QueueDepth int
+	// TotalQueueDepth bounds waiting requests across all revisions.
+	TotalQueueDepth int
 	// MaxRetries bounds how often one request is retried after ErrRetryable;
 	// negative disables retries.
 	MaxRetries int
@@ -68,6 +75,9 @@ type Options struct {
 func (o Options) withDefaults() Options {
 	if o.QueueDepth <= 0 {
 		o.QueueDepth = DefaultQueueDepth
+	}
+	if o.TotalQueueDepth <= 0 {
+		o.TotalQueueDepth = DefaultTotalQueueDepth
 	}
 	switch {
 	case o.MaxRetries == 0:

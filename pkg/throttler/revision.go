@@ -117,13 +117,22 @@ func (rt *revThrottler) acquire(ctx context.Context, front bool) (*pod, error) {
 			return p, nil
 		}
 	}
-	if !front && rt.queued >= rt.depth {
-		rt.mu.Unlock()
-		return nil, ErrQueueFull
-	}
 	if err := ctx.Err(); err != nil {
 		rt.mu.Unlock()
 		return nil, err
+	}
+	if !front {
+		if rt.queued >= rt.depth {
+			rt.mu.Unlock()
+			return nil, ErrQueueFull
+		}
+		if rt.t.queued.Add(1) > int64(rt.t.opts.TotalQueueDepth) {
+			rt.t.queued.Add(-1)
+			rt.mu.Unlock()
+			return nil, ErrQueueFull
+		}
+	} else {
+		rt.t.queued.Add(1)
 	}
 	w := rt.t.getWaiter()
 	rt.enqueueLocked(w, front)
@@ -250,9 +259,23 @@ func (rt *revThrottler) unlinkLocked(w *waiter) {
 	}
 	w.prev, w.next, w.queued = nil, nil, false
 	rt.queued--
+	rt.t.queued.Add(-1)
 }
 
 // limitLocked is p's in-flight cap at now; now is fetched lazily.
+//
+// At CC=0 upstream releases the whole buffer onto the first ready pod at
+// once (#9888): a pod that just passed its probe gets hundreds of requests
+// and answers 502s. Its real capacity is unknown, so it is learnt the way
+// TCP slow start does: the cap starts at InitialPodConcurrency and grows by
+// one per successful completion, which doubles it per round of
+// completions. Completions alone would pin a pod at its initial cap while
+// long-lived requests (websockets, streams) hold it, so the cap is also at
+// least InitialPodConcurrency doubled every RampInterval since the pod
+// appeared (about 7 s from 10 to 1000 by default). From MaxPodConcurrency
+// on the pod is unlimited, as upstream. A refusal halves the cap and
+// restarts the clock. Each new pod brings its own initial cap, so the
+// release also scales with the pods that become ready.
 func (rt *revThrottler) limitLocked(p *pod, now *time.Time) int {
 	if rt.cc > 0 {
 		return rt.cc

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/types"
@@ -20,6 +21,8 @@ type Throttler struct {
 	logger *zap.SugaredLogger
 
 	waiters sync.Pool
+	// queued counts waiters of all revisions, for TotalQueueDepth.
+	queued atomic.Int64
 
 	// revs maps types.NamespacedName to *revThrottler. A sync.Map keeps the
 	// per-request lookup free of shared writes; mu serialises creation and

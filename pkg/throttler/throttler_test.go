@@ -996,4 +996,42 @@ func TestStress(t *testing.T) {
 		}
 		rt.mu.Unlock()
 	}
+	if n := th.queued.Load(); n != 0 {
+		t.Errorf("total queued = %d", n)
+	}
+}
+
+// The bound across revisions holds however many revisions queue.
+func TestTotalQueueDepth(t *testing.T) {
+	th, _ := newTestThrottler(t, Options{QueueDepth: 10, TotalQueueDepth: 3})
+	a := types.NamespacedName{Namespace: "ns", Name: "a"}
+	b := types.NamespacedName{Namespace: "ns", Name: "b"}
+	th.UpsertRevision(a, RevisionConfig{ContainerConcurrency: 1})
+	th.UpsertRevision(b, RevisionConfig{ContainerConcurrency: 1})
+	w := []*call{start(th, a), start(th, a)}
+	waitQueued(t, th, a, 2)
+	w = append(w, start(th, b))
+	waitQueued(t, th, b, 1)
+	for _, r := range []types.NamespacedName{a, b} {
+		if err := th.Try(context.Background(), r, func(string) error { return nil }); !errors.Is(err, ErrQueueFull) {
+			t.Fatalf("Try(%v) = %v, want ErrQueueFull", r, err)
+		}
+	}
+	// A waiter leaving makes room for any revision.
+	w[0].cancel()
+	if err := w[0].result(t); !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	w = append(w, start(th, b))
+	waitQueued(t, th, b, 2)
+	th.DeleteRevision(a)
+	th.DeleteRevision(b)
+	for _, c := range w[1:] {
+		if err := c.result(t); !errors.Is(err, ErrRevisionDeleted) {
+			t.Fatal(err)
+		}
+	}
+	if n := th.queued.Load(); n != 0 {
+		t.Fatalf("total queued = %d after all left", n)
+	}
 }
