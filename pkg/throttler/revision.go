@@ -20,6 +20,8 @@ type pod struct {
 	// until its in-flight requests finish, so a pod that flaps back keeps
 	// its accounting.
 	present bool
+	// viaClusterIP: dest is the revision's private service, not a pod.
+	viaClusterIP bool
 	// suspectUntil: the pod refused a connection; no new requests before.
 	suspectUntil time.Time
 
@@ -136,7 +138,9 @@ func (rt *revThrottler) acquire(ctx context.Context, front bool) (*pod, error) {
 	}
 	w := rt.t.getWaiter()
 	rt.enqueueLocked(w, front)
-	rt.scheduleLocked()
+	if rt.timer == nil {
+		rt.scheduleLocked()
+	}
 	rt.mu.Unlock()
 
 	select {
@@ -186,7 +190,11 @@ func (rt *revThrottler) release(p *pod, o outcome) {
 		}
 	case outcomeRetryable:
 		now := rt.t.clk.Now()
-		p.suspectUntil = now.Add(rt.t.opts.SuspectFor)
+		if !p.viaClusterIP {
+			// Behind a ClusterIP the next connection likely lands on
+			// another pod: retry at once rather than stall the revision.
+			p.suspectUntil = now.Add(rt.t.opts.SuspectFor)
+		}
 		if rt.cc == 0 {
 			// The pod refused a connection: restart its ramp from half.
 			c := p.rampCap
@@ -490,7 +498,7 @@ func (rt *revThrottler) setBackendsLocked(b Backends) {
 	rt.backends = len(dests)
 	if b.ClusterIPDest != "" {
 		if rt.clusterIP == nil || rt.clusterIP.dest != b.ClusterIPDest {
-			rt.clusterIP = &pod{dest: b.ClusterIPDest, present: true}
+			rt.clusterIP = &pod{dest: b.ClusterIPDest, present: true, viaClusterIP: true}
 		}
 		dests = nil
 	} else {

@@ -1035,3 +1035,22 @@ func TestTotalQueueDepth(t *testing.T) {
 		t.Fatalf("total queued = %d after all left", n)
 	}
 }
+
+// A refusal through the ClusterIP retries at once: another pod behind the
+// service likely answers.
+func TestRetryViaClusterIP(t *testing.T) {
+	th, _ := newTestThrottler(t, Options{})
+	th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
+	th.UpdateBackends(rev, Backends{Dests: dests(2), ClusterIPDest: "10.96.0.1:80"})
+	calls := 0
+	err := th.Try(context.Background(), rev, func(d string) error {
+		calls++
+		if calls == 1 {
+			return fmt.Errorf("refused: %w", ErrRetryable)
+		}
+		return nil
+	})
+	if err != nil || calls != 2 {
+		t.Fatalf("Try = %v after %d calls", err, calls)
+	}
+}
