@@ -1,0 +1,96 @@
+// Package observability reads config-observability and sets up what it
+// turns on: the Prometheus metrics endpoint, runtime profiling and
+// OpenTelemetry tracing.
+package observability
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Protocols accepted in config-observability.
+const (
+	ProtocolNone       = "none"
+	ProtocolPrometheus = "prometheus"
+	ProtocolGRPC       = "grpc"
+	ProtocolHTTP       = "http/protobuf"
+	ProtocolStdout     = "stdout"
+)
+
+// Config is the part of config-observability the activator uses.
+type Config struct {
+	// MetricsProtocol is none, prometheus, grpc or http/protobuf. Thaw always
+	// serves Prometheus on the metrics port whatever it says (see Serve).
+	MetricsProtocol string
+	MetricsEndpoint string
+	// TracingProtocol is none, grpc, http/protobuf or stdout.
+	TracingProtocol     string
+	TracingEndpoint     string
+	TracingSamplingRate float64
+	// RuntimeProfiling enables pprof on the profiling port.
+	RuntimeProfiling bool
+	// EnableRequestLog and RequestLogTemplate are upstream's request log keys.
+	EnableRequestLog   bool
+	RequestLogTemplate string
+}
+
+// Defaults returns upstream's defaults.
+func Defaults() *Config {
+	return &Config{MetricsProtocol: ProtocolNone, TracingProtocol: ProtocolNone}
+}
+
+// NewConfigFromMap parses config-observability data. Unknown keys are
+// ignored; invalid values are errors naming the key.
+func NewConfigFromMap(data map[string]string) (*Config, error) {
+	c := Defaults()
+	if v, ok := data["metrics-protocol"]; ok && v != "" {
+		switch v {
+		case ProtocolNone, ProtocolPrometheus, ProtocolGRPC, ProtocolHTTP:
+			c.MetricsProtocol = v
+		default:
+			return nil, fmt.Errorf("metrics-protocol: unsupported value %q", v)
+		}
+	}
+	c.MetricsEndpoint = data["metrics-endpoint"]
+	if v, ok := data["tracing-protocol"]; ok && v != "" {
+		switch v {
+		case ProtocolNone, ProtocolGRPC, ProtocolHTTP, ProtocolStdout:
+			c.TracingProtocol = v
+		default:
+			return nil, fmt.Errorf("tracing-protocol: unsupported value %q", v)
+		}
+	}
+	c.TracingEndpoint = data["tracing-endpoint"]
+	if v, ok := data["tracing-sampling-rate"]; ok && v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1 {
+			return nil, fmt.Errorf("tracing-sampling-rate: want a number in [0, 1], got %q", v)
+		}
+		c.TracingSamplingRate = f
+	}
+	if v, ok := data["runtime-profiling"]; ok && v != "" {
+		switch strings.ToLower(v) {
+		case "enabled":
+			c.RuntimeProfiling = true
+		case "disabled":
+		default:
+			return nil, fmt.Errorf("runtime-profiling: want enabled or disabled, got %q", v)
+		}
+	}
+	for _, k := range []string{"logging.enable-request-log", "enable-request-log"} {
+		if v, ok := data[k]; ok && v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+			c.EnableRequestLog = b
+		}
+	}
+	for _, k := range []string{"logging.request-log-template", "request-log-template"} {
+		if v, ok := data[k]; ok {
+			c.RequestLogTemplate = v
+		}
+	}
+	return c, nil
+}
