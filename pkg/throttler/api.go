@@ -1,7 +1,19 @@
 // Package throttler limits, queues and load-balances requests to the pods of
 // each revision: capacity = containerConcurrency × pods assigned to this
-// activator, a bounded FIFO queue per revision, and a per-pod in-flight ramp
-// for unlimited (CC=0) revisions.
+// activator, a bounded FIFO queue per revision (and across revisions), and
+// a per-pod in-flight ramp for unlimited (CC=0) revisions.
+//
+// Use from the request path:
+//
+//	th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: cc}) // cheap when unchanged
+//	err := th.Try(ctx, rev, func(dest string) error { return proxy(dest) })
+//
+// Errors for the handler to map: ErrQueueFull (503 with Retry-After),
+// ErrRevisionDeleted (the revision is gone or unknown), ctx.Err() (timeout
+// or client gone), and errors wrapping ErrRetryable when every retry was
+// refused (502). Any other error is fn's own. Endpoint watchers feed
+// UpdateBackends and UpdateActivators; the Revision informer feeds
+// UpsertRevision and DeleteRevision.
 package throttler
 
 import (
