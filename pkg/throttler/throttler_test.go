@@ -953,7 +953,9 @@ func TestStress(t *testing.T) {
 					cancel()
 				}
 				_ = th.Try(rctx, r, func(string) error {
-					runtime.Gosched()
+					for range 5 {
+						runtime.Gosched()
+					}
 					switch i % 11 {
 					case 0:
 						return ErrRetryable
@@ -977,6 +979,7 @@ func TestStress(t *testing.T) {
 			r := revs[i%len(revs)]
 			th.UpdateBackends(r, Backends{Dests: dests(1 + i%4)})
 			th.UpdateActivators(r, []string{"10.0.0.1", "10.0.0.2"}[:i%3%2+1])
+			checkNoIdleWhileQueued(t, th.get(r))
 			clk.Step(100 * time.Millisecond)
 			runtime.Gosched()
 			continue
@@ -1053,4 +1056,42 @@ func TestRetryViaClusterIP(t *testing.T) {
 	if err != nil || calls != 2 {
 		t.Fatalf("Try = %v after %d calls", err, calls)
 	}
+}
+
+// checkNoIdleWhileQueued: with CC>0, nothing waits while an assigned pod
+// has a free slot (pods that refused a connection excepted).
+func checkNoIdleWhileQueued(t *testing.T, rt *revThrottler) {
+	t.Helper()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.cc == 0 || rt.head == nil || rt.clusterIP != nil {
+		return
+	}
+	for _, p := range rt.assigned {
+		if p.suspectUntil.IsZero() && p.inflight < rt.cc {
+			t.Errorf("%v: %d queued while %s has %d/%d in flight", rt.id, rt.queued, p.dest, p.inflight, rt.cc)
+		}
+	}
+}
+
+// When this activator's share grows (another activator left), waiters are
+// served at once from the newly assigned pods.
+func TestActivatorChangeWakesWaiters(t *testing.T) {
+	th, _ := newTestThrottler(t, Options{})
+	th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
+	th.UpdateActivators(rev, []string{"10.0.0.1", "10.0.0.2"})
+	th.UpdateBackends(rev, Backends{Dests: dests(2)})
+	first := start(th, rev)
+	if d := first.entered(t); d != dests(2)[0] {
+		t.Fatalf("first went to %s, want our share %s", d, dests(2)[0])
+	}
+	second := start(th, rev)
+	waitQueued(t, th, rev, 1)
+	second.notEntered(t)
+	th.UpdateActivators(rev, []string{"10.0.0.1"})
+	if d := second.entered(t); d != dests(2)[1] {
+		t.Fatalf("second went to %s", d)
+	}
+	first.release <- nil
+	second.release <- nil
 }
