@@ -45,6 +45,10 @@ const QueueFullBody = "pending request queue full"
 
 // Throttler waits for capacity of a revision and calls fn with a pod address.
 type Throttler interface {
+	// UpsertRevision is called before each Try with the revision's current
+	// config (cheap when unchanged), so a request never races the informer
+	// callback that registers a new revision.
+	UpsertRevision(rev types.NamespacedName, cfg throttler.RevisionConfig)
 	Try(ctx context.Context, rev types.NamespacedName, fn func(dest string) error) error
 }
 
@@ -71,7 +75,9 @@ type Config struct {
 	Reporter *concurrency.Reporter
 	// Health returns an error once the activator drains; nil: always healthy.
 	// Readiness deliberately ignores the autoscaler connection (#6529).
-	Health        func() error
+	Health func() error
+	// QueueDepth bounds each revision's waiting requests; 0: the throttler's default.
+	QueueDepth    int
 	ClusterDomain string
 	Clock         clock.Clock
 	Metrics       *Metrics
@@ -241,6 +247,7 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 		tryCtx, trySpan = h.tracer.Start(r.Context(), "throttler_try")
 	}
 	var panicked any
+	h.cfg.Throttler.UpsertRevision(rev, throttler.RevisionConfig{ContainerConcurrency: info.ContainerConcurrency, QueueDepth: h.cfg.QueueDepth})
 	err := h.cfg.Throttler.Try(tryCtx, rev, func(dest string) (err error) {
 		if !dequeued {
 			dequeued = true

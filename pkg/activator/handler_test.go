@@ -46,6 +46,8 @@ type fakeThrottler struct {
 	attempts []string
 }
 
+func (f *fakeThrottler) UpsertRevision(types.NamespacedName, throttler.RevisionConfig) {}
+
 func (f *fakeThrottler) Try(ctx context.Context, _ types.NamespacedName, fn func(string) error) error {
 	if f.started != nil {
 		close(f.started)
