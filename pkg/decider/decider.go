@@ -117,6 +117,10 @@ func (d *Decider) Update(spec Spec) { d.spec = spec }
 // Spec returns the current spec.
 func (d *Decider) Spec() Spec { return d.spec }
 
+// SpecRef returns the current spec without copying it; the caller must not
+// keep it past its hold on the decider.
+func (d *Decider) SpecRef() *Spec { return &d.spec }
+
 // InPanic reports whether the decider is in panic mode.
 func (d *Decider) InPanic() bool { return d.inPanic }
 

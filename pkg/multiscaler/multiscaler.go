@@ -115,9 +115,9 @@ type runner struct {
 	desired atomic.Int32
 	poked   atomic.Bool
 
-	// next and index belong to the heap, under MultiScaler.mu; index is −1
-	// once deleted.
-	next  time.Time
+	// next (unix nanoseconds) and index belong to the heap, under
+	// MultiScaler.mu; index is −1 once deleted.
+	next  int64
 	index int
 }
 
@@ -186,7 +186,7 @@ func (m *MultiScaler) Create(key types.NamespacedName, spec decider.Spec, labels
 		labels: labels,
 		dec:    decider.New(spec, ready, now),
 		status: Status{DesiredScale: -1, ExcessBurstCapacity: initialEBC(spec), InPanic: ready > 1},
-		next:   now.Add(m.interval),
+		next:   now.Add(m.interval).UnixNano(),
 	}
 	r.desired.Store(-1)
 	m.runners[key] = r
@@ -311,11 +311,11 @@ func (m *MultiScaler) collect(now time.Time, batch []*runner) []*runner {
 		}
 	}
 	batch = kept
-	for len(m.due) > 0 && !m.due[0].next.After(now) {
+	nowNs, step := now.UnixNano(), int64(m.interval)
+	for len(m.due) > 0 && m.due[0].next <= nowNs {
 		r := m.due[0]
 		// Skip ticks missed while the clock jumped, like a ticker does.
-		missed := now.Sub(r.next) / m.interval
-		r.next = r.next.Add((missed + 1) * m.interval)
+		r.next += ((nowNs-r.next)/step + 1) * step
 		heap.Fix(&m.due, 0)
 		batch = append(batch, r)
 	}
@@ -328,7 +328,7 @@ func (m *MultiScaler) untilNext(now time.Time) time.Duration {
 	if len(m.due) == 0 {
 		return m.interval
 	}
-	return max(m.due[0].next.Sub(now), 0)
+	return max(time.Duration(m.due[0].next-now.UnixNano()), 0)
 }
 
 // tick makes one decision for r and informs on a change.
@@ -350,7 +350,8 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	obs := decider.Observation{Ready: ready}
-	if r.dec.Spec().ScalingMetric == decider.MetricRPS {
+	spec := r.dec.SpecRef()
+	if spec.ScalingMetric == decider.MetricRPS {
 		obs.Stable, obs.Panic, err = m.metrics.StableAndPanicRPS(r.key, now)
 	} else {
 		obs.Stable, obs.Panic, err = m.metrics.StableAndPanicConcurrency(r.key, now)
@@ -368,7 +369,7 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	changed := r.status.DesiredScale != d.DesiredScale ||
 		(r.status.ExcessBurstCapacity < 0) != (d.ExcessBurstCapacity < 0)
 	r.status = Status{DesiredScale: d.DesiredScale, ExcessBurstCapacity: d.ExcessBurstCapacity, InPanic: d.InPanic}
-	r.stable, r.panic, r.target, r.decided = obs.Stable, obs.Panic, r.dec.Spec().TargetValue, true
+	r.stable, r.panic, r.target, r.decided = obs.Stable, obs.Panic, spec.TargetValue, true
 	r.desired.Store(d.DesiredScale)
 	return changed
 }
@@ -384,7 +385,7 @@ func (r *runner) get() Status {
 type dueHeap []*runner
 
 func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h dueHeap) Less(i, j int) bool { return h[i].next < h[j].next }
 func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].index = i
