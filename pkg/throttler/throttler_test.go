@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -845,21 +846,33 @@ func TestRetryBounded(t *testing.T) {
 // With a single pod that refused, the retry waits for the suspect period
 // (or another pod) rather than failing.
 func TestRetryWaitsForSuspectPod(t *testing.T) {
-	th, clk := newTestThrottler(t, Options{SuspectFor: time.Second})
-	th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
-	th.UpdateBackends(rev, Backends{Dests: []string{"a:1"}})
-	c := start(th, rev)
-	c.entered(t)
-	c.release <- fmt.Errorf("refused: %w", ErrRetryable)
-	waitQueued(t, th, rev, 1)
-	c.notEntered(t)
-	clk.Step(time.Second)
-	if d := c.entered(t); d != "a:1" {
-		t.Fatalf("retry went to %s", d)
-	}
-	c.release <- nil
-	if err := c.result(t); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"AfterFunc", "NewTimer"} {
+		t.Run(name, func(t *testing.T) {
+			fake := clocktesting.NewFakeClock(time.Unix(1e9, 0))
+			var clk clock.WithTicker = fake
+			if name == "NewTimer" {
+				// Hide AfterFunc: covers the timer goroutine used with
+				// clocks that lack it.
+				clk = struct{ clock.WithTicker }{fake}
+			}
+			th := New("10.0.0.1", Options{SuspectFor: time.Second}, clk, zaptest.NewLogger(t).Sugar())
+			th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
+			th.UpdateBackends(rev, Backends{Dests: []string{"a:1"}})
+			c := start(th, rev)
+			c.entered(t)
+			c.release <- fmt.Errorf("refused: %w", ErrRetryable)
+			waitQueued(t, th, rev, 1)
+			c.notEntered(t)
+			waitFor(t, "timer armed", fake.HasWaiters)
+			fake.Step(time.Second)
+			if d := c.entered(t); d != "a:1" {
+				t.Fatalf("retry went to %s", d)
+			}
+			c.release <- nil
+			if err := c.result(t); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
