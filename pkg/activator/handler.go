@@ -81,6 +81,8 @@ type Config struct {
 	ClusterDomain string
 	Clock         clock.Clock
 	Metrics       *Metrics
+	// RequestLog, if set, logs each proxied request from its template.
+	RequestLog *RequestLogger
 	// TracerProvider and Propagator enable tracing when non-nil.
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
@@ -197,15 +199,25 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 		}
 	}
 
-	var status int
+	var status, size int
 	defer func() {
 		// Deferred so an aborted response (panic) is still counted.
 		code := status
 		if code == 0 {
 			code = http.StatusOK
 		}
+		latency := h.cfg.Clock.Since(start).Seconds()
 		h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), protoVersion(r),
-			info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(h.cfg.Clock.Since(start).Seconds())
+			info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
+		if h.cfg.RequestLog.enabled() {
+			h.cfg.RequestLog.write(&RequestLogInput{
+				Request:  r,
+				Response: &RequestLogResponse{Code: code, Size: size, Latency: latency},
+				Revision: &RequestLogRevision{Name: info.ID.Name, Namespace: info.ID.Namespace,
+					Service: info.Service, Configuration: info.Configuration},
+				TraceID: traceID(r.Header),
+			})
+		}
 		if span != nil {
 			span.SetAttributes(attribute.Int("http.response.status_code", code))
 			if code >= 500 {
@@ -223,7 +235,7 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 
 	to := Timeouts{Total: info.Timeout, ResponseStart: info.ResponseStartTimeout, Idle: info.IdleTimeout}
 	var abort bool
-	status, abort = serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
+	status, size, abort = serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
 		h.activate(w, r, info)
 	})
 	if abort {

@@ -47,6 +47,7 @@ type timeoutWriter struct {
 	start       time.Time
 	lastWrite   time.Time // zero until the response started
 	status      int
+	size        int
 	wroteHeader bool
 	timedOut    bool
 	hijacked    bool
@@ -105,6 +106,7 @@ func (tw *timeoutWriter) Write(p []byte) (int, error) {
 		tw.writeHeaderLocked(http.StatusOK)
 	}
 	n, err := tw.w.Write(p)
+	tw.size += n
 	tw.lastWrite = tw.clk.Now()
 	return n, err
 }
@@ -234,7 +236,7 @@ func (tw *timeoutWriter) finish() {
 // if none) and whether the response must be aborted: a timeout fired after
 // the headers went out, and only a broken connection tells the client its
 // response is incomplete.
-func serveWithTimeouts(w http.ResponseWriter, r *http.Request, to Timeouts, clk clock.Clock, next func(http.ResponseWriter, *http.Request)) (status int, abort bool) {
+func serveWithTimeouts(w http.ResponseWriter, r *http.Request, to Timeouts, clk clock.Clock, next func(http.ResponseWriter, *http.Request)) (status, size int, abort bool) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	tw := &timeoutWriter{w: w, clk: clk, h: make(http.Header, len(w.Header())), cancel: cancel}
@@ -294,5 +296,5 @@ func serveWithTimeouts(w http.ResponseWriter, r *http.Request, to Timeouts, clk 
 
 	tw.mu.Lock()
 	defer tw.mu.Unlock()
-	return tw.status, tw.abort
+	return tw.status, tw.size, tw.abort
 }
