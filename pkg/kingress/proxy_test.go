@@ -395,3 +395,52 @@ func TestProxyBackendDown(t *testing.T) {
 		t.Errorf("dead backend: %d, want 502", code)
 	}
 }
+
+// Tables are swapped while requests are in flight: every request sees
+// either the old or the new table, never a torn one.
+func TestProxyPublishWhileServing(t *testing.T) {
+	be := echoBackend(t, "be")
+	svc := serviceFor(t, "ns", "rev", "http", be)
+	svcs, _ := lister(t, svc)
+	rules, err := Translate(ingress("ns", "r", rule("", []string{"swap.example.com"}, v1alpha1.HTTPIngressPath{
+		Splits: []v1alpha1.IngressBackendSplit{split("ns", "rev", servicePort(t, svc), 100)},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, without := NewTable(rules), NewTable(nil)
+	p, front := newTestProxy(t, svcs, nil)
+	stop := make(chan struct{})
+	swapped := make(chan struct{})
+	go func() {
+		defer close(swapped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				p.Publish(with)
+			} else {
+				p.Publish(without)
+			}
+		}
+	}()
+	seen := map[int]int{}
+	for range 200 {
+		code, body := get(t, front, "swap.example.com", "/", nil)
+		seen[code]++
+		if code == 200 && !strings.HasPrefix(body, "be rev=rev ") {
+			t.Fatalf("200 with body %q", body)
+		}
+		if code != 200 && code != 404 {
+			t.Fatalf("status %d %q", code, body)
+		}
+	}
+	close(stop)
+	<-swapped
+	if seen[200] == 0 {
+		t.Errorf("never routed while swapping: %v", seen)
+	}
+}
