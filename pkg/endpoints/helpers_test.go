@@ -50,7 +50,7 @@ func (f *fakeRevs) Get(ns, name string) (*revisions.Info, error) {
 	}
 	return nil, fmt.Errorf("%w: %s/%s", revisions.ErrNotFound, ns, name)
 }
-func (f *fakeRevs) OnUpsert(fn func(*revisions.Info))        { f.onUpsert = append(f.onUpsert, fn) }
+func (f *fakeRevs) OnUpsert(fn func(*revisions.Info))      { f.onUpsert = append(f.onUpsert, fn) }
 func (f *fakeRevs) OnDelete(fn func(types.NamespacedName)) { f.onDelete = append(f.onDelete, fn) }
 func (f *fakeRevs) upsert(i *revisions.Info) {
 	f.mu.Lock()
@@ -187,7 +187,7 @@ func newPod(t *testing.T, mode string) *pod {
 	return p
 }
 
-func (p *pod) dest() string { return p.srv.Listener.Addr().String() }
+func (p *pod) dest() string    { return p.srv.Listener.Addr().String() }
 func (p *pod) set(mode string) { p.mode.Store(mode) }
 
 // epAddr is one address of an Endpoints object; each gets its own subset, since loopback pods differ
