@@ -80,11 +80,13 @@ func BenchmarkDecide(b *testing.B) {
 		d := decider.New(spec, 5, t0)
 		now := t0
 		b.ReportAllocs()
+		cpu := cpuTime()
 		for i := 0; b.Loop(); i++ {
 			now = now.Add(2 * time.Second)
 			v := loads[i&1023]
 			d.Scale(now, decider.Observation{Stable: v, Panic: v * 1.5, Ready: 5})
 		}
+		reportCPU(b, cpu)
 	})
 	b.Run("impl=upstream", func(b *testing.B) {
 		f := &constFeed{}
@@ -92,10 +94,12 @@ func BenchmarkDecide(b *testing.B) {
 		logger := zap.NewNop().Sugar()
 		now := t0
 		b.ReportAllocs()
+		cpu := cpuTime()
 		for b.Loop() {
 			now = now.Add(2 * time.Second)
 			u.Scale(logger, now)
 		}
+		reportCPU(b, cpu)
 	})
 }
 
@@ -107,19 +111,23 @@ func BenchmarkWindowRecord(b *testing.B) {
 			bk := window.NewLinear(w)
 			now := t0
 			b.ReportAllocs()
+			cpu := cpuTime()
 			for i := 0; b.Loop(); i++ {
 				now = now.Add(100 * time.Millisecond)
 				bk.Record(now, loads[i&1023])
 			}
+			reportCPU(b, cpu)
 		})
 		b.Run(fmt.Sprintf("window=%v/impl=upstream", w), func(b *testing.B) {
 			bk := aggregation.NewTimedFloat64Buckets(w, time.Second)
 			now := t0
 			b.ReportAllocs()
+			cpu := cpuTime()
 			for i := 0; b.Loop(); i++ {
 				now = now.Add(100 * time.Millisecond)
 				bk.Record(now, loads[i&1023])
 			}
+			reportCPU(b, cpu)
 		})
 	}
 }
@@ -143,9 +151,11 @@ func BenchmarkWindowAverage(b *testing.B) {
 			}
 			at := fill(bk.Record)
 			b.ReportAllocs()
+			cpu := cpuTime()
 			for b.Loop() {
 				bk.Average(at)
 			}
+			reportCPU(b, cpu)
 		})
 		b.Run(fmt.Sprintf("algo=%s/impl=upstream", algo), func(b *testing.B) {
 			var avg func(time.Time) float64
@@ -159,9 +169,11 @@ func BenchmarkWindowAverage(b *testing.B) {
 			}
 			at := fill(rec)
 			b.ReportAllocs()
+			cpu := cpuTime()
 			for b.Loop() {
 				avg(at)
 			}
+			reportCPU(b, cpu)
 		})
 	}
 }
@@ -200,10 +212,12 @@ func BenchmarkCollectorRecord(b *testing.B) {
 		}
 		now := t0
 		b.ReportAllocs()
+		cpu := cpuTime()
 		for i := 0; b.Loop(); i++ {
 			now = now.Add(10 * time.Millisecond)
 			c.Record(keys[i%revs], now, stat)
 		}
+		reportCPU(b, cpu)
 	})
 	b.Run("impl=upstream", func(b *testing.B) {
 		c := metrics.NewMetricCollector(nilScraper, zap.NewNop().Sugar())
@@ -220,10 +234,12 @@ func BenchmarkCollectorRecord(b *testing.B) {
 		us := metrics.Stat{AverageConcurrentRequests: 12, AverageProxiedConcurrentRequests: 2, RequestCount: 40, ProxiedRequestCount: 4}
 		now := t0
 		b.ReportAllocs()
+		cpu := cpuTime()
 		for i := 0; b.Loop(); i++ {
 			now = now.Add(10 * time.Millisecond)
 			c.Record(keys[i%revs], now, us)
 		}
+		reportCPU(b, cpu)
 	})
 }
 
