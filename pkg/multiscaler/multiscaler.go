@@ -169,19 +169,26 @@ type Labels struct {
 // Create starts deciding for key, unless a decider exists already; it returns
 // the current status either way.
 func (m *MultiScaler) Create(key types.NamespacedName, spec decider.Spec, labels Labels) Status {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if r, ok := m.runners[key]; ok {
+	m.mu.RLock()
+	r, ok := m.runners[key]
+	m.mu.RUnlock()
+	if ok {
 		return r.get()
 	}
 	// Before the first decision the pod count may not exist yet (the SKS is
-	// created after the decider): then start from 0.
+	// created after the decider): then start from 0. Counted outside the
+	// lock: the counter is someone else's code.
 	ready, err := m.pods.ReadyPods(key)
 	if err != nil {
 		ready = 0
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.runners[key]; ok {
+		return r.get() // created concurrently
+	}
 	now := m.clock.Now()
-	r := &runner{
+	r = &runner{
 		key:    key,
 		labels: labels,
 		dec:    decider.New(spec, ready, now),
