@@ -259,6 +259,16 @@ func (s *Stack) Swap(ctx context.Context, im swap.Images) error {
 	if err != nil {
 		return err
 	}
+	// An image the node does not hold would stall the rollout (the old pods keep serving): say so now.
+	if s.Paths.Ctr != "" {
+		if have, err := images.List(ctx, s.Paths.Ctr, s.Lab.Cfg.ContainerdSock()); err == nil {
+			for c, img := range im {
+				if _, ok := have[img]; !ok {
+					return fmt.Errorf("swap %s: image %s is not in the node's containerd (built and imported by `thaw lab up`?)", c, img)
+				}
+			}
+		}
+	}
 	t0 := time.Now()
 	if err := swap.Apply(ctx, cl.Kube, im, 3*time.Minute); err != nil {
 		return fmt.Errorf("%w\n%s", err, s.podDiagnostics(ctx, knative.Namespace))
