@@ -235,8 +235,9 @@ func RunWithClients(ctx context.Context, kube kubernetes.Interface, netc netclie
 	}()
 
 	if !cache.WaitForCacheSync(ctx.Done(), svcInf.Informer().HasSynced, ingInf.Informer().HasSynced) {
+		// Only the end of ctx stops the wait: a normal shutdown.
 		queue.ShutDown()
-		return ctx.Err()
+		return nil
 	}
 
 	defer queue.ShutDown()
