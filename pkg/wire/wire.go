@@ -170,13 +170,16 @@ func MarshalStat(s *Stat) []byte {
 // UnmarshalStat decodes a Stat.
 func UnmarshalStat(b []byte) (Stat, error) {
 	var s Stat
-	err := mergeStat(b, &s)
+	err := mergeStat(b, &s, nil)
 	return s, err
 }
 
 // UnmarshalMessages decodes WireStatMessages. Entries without a stat are skipped (upstream skips them too,
 // "to allow for future schema changes") and counted in skippedNoStat. On error, msgs is nil.
 func UnmarshalMessages(b []byte) (msgs []StatMessage, skippedNoStat int, err error) {
+	// An activator's batch carries its own pod name in every entry, and often one namespace for many
+	// revisions: allocate each such string once per frame.
+	var pod, ns string
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -196,7 +199,7 @@ func UnmarshalMessages(b []byte) (msgs []StatMessage, skippedNoStat int, err err
 			return nil, 0, decodeErr(wireStatMessagesName, protowire.ParseError(m))
 		}
 		b = b[n+m:]
-		sm, hasStat, err := unmarshalMessage(v)
+		sm, hasStat, err := unmarshalMessage(v, &pod, &ns)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -233,7 +236,7 @@ func countEntries(b []byte) int {
 	return n
 }
 
-func unmarshalMessage(b []byte) (sm StatMessage, hasStat bool, err error) {
+func unmarshalMessage(b []byte, pod, ns *string) (sm StatMessage, hasStat bool, err error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -251,13 +254,16 @@ func unmarshalMessage(b []byte) (sm StatMessage, hasStat bool, err error) {
 			b = b[n+m:]
 			switch num {
 			case msgNamespace:
-				sm.Key.Namespace = string(v)
+				if string(v) != *ns {
+					*ns = string(v)
+				}
+				sm.Key.Namespace = *ns
 			case msgName:
 				sm.Key.Name = string(v)
 			default:
 				// A repeated embedded message merges into the earlier one, as in gogo.
 				hasStat = true
-				if err := mergeStat(v, &sm.Stat); err != nil {
+				if err := mergeStat(v, &sm.Stat, pod); err != nil {
 					return sm, false, err
 				}
 			}
@@ -270,7 +276,9 @@ func unmarshalMessage(b []byte) (sm StatMessage, hasStat bool, err error) {
 	return sm, hasStat, nil
 }
 
-func mergeStat(b []byte, s *Stat) error {
+// mergeStat decodes b into s. If lastPod is not nil, a pod name equal to *lastPod reuses that string,
+// and a new one is remembered there.
+func mergeStat(b []byte, s *Stat, lastPod *string) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -285,7 +293,15 @@ func mergeStat(b []byte, s *Stat) error {
 			if m < 0 {
 				return decodeErr(statName, protowire.ParseError(m))
 			}
-			s.PodName = string(v)
+			switch {
+			case lastPod == nil:
+				s.PodName = string(v)
+			case string(v) == *lastPod: // compared without allocating
+				s.PodName = *lastPod
+			default:
+				s.PodName = string(v)
+				*lastPod = s.PodName
+			}
 			b = b[n+m:]
 		case statAvgConcurrent, statAvgProxiedConcurrent, statRequestCount, statProxiedRequestCount, statProcessUptime:
 			if typ != protowire.Fixed64Type {
