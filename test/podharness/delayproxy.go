@@ -32,6 +32,10 @@ func NewDelayProxy(t testing.TB, listenAddr, target string, oneWay time.Duration
 	if err != nil {
 		t.Fatalf("delay proxy listen: %v", err)
 	}
+	return newDelayProxyOn(t, ln, target, oneWay)
+}
+
+func newDelayProxyOn(t testing.TB, ln net.Listener, target string, oneWay time.Duration) *DelayProxy {
 	p := &DelayProxy{ln: ln, target: target, oneWay: oneWay, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
@@ -42,7 +46,8 @@ func NewDelayProxy(t testing.TB, listenAddr, target string, oneWay time.Duration
 // Addr is the proxy's "ip:port".
 func (p *DelayProxy) Addr() string { return p.ln.Addr().String() }
 
-// Close stops accepting, closes every connection and waits for the proxy's goroutines.
+// Close stops accepting, closes every connection and waits for the proxy's goroutines. It may be
+// called more than once.
 func (p *DelayProxy) Close() {
 	p.mu.Lock()
 	p.closed = true
