@@ -287,6 +287,24 @@ func TestMeshModes(t *testing.T) {
 	}
 }
 
+func TestAutoFallbackOncePerRound(t *testing.T) {
+	e := newEnv(t, Options{MeshMode: MeshAuto}, revInfo())
+	p, svc := newPod(t, "503"), newPod(t, "503")
+	if _, err := e.kube.CoreV1().Services("ns").Create(e.ctx, privateService(testRev, svc.dest()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "service cached", func() bool { _, err := e.m.clusterIPDest(testRev, "http"); return err == nil })
+	e.apply(privateEndpoints(testRev, "http", epAddr{p.dest(), false}))
+	eventually(t, "three pod probe rounds", func() bool {
+		e.clock.Step(DefaultProbeFrequency)
+		return p.probes.Load() >= 3
+	})
+	e.apply(privateEndpoints(testRev, "http", epAddr{p.dest(), false})) // flush the loop
+	if got, max := svc.probes.Load(), p.probes.Load(); got < 1 || got > max {
+		t.Errorf("ClusterIP probed %d times over %d pod probe rounds; want 1..%d", got, max, max)
+	}
+}
+
 func TestProbeTimeoutBacksOff(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	e := newEnv(t, Options{ProbeTimeout: 300 * time.Millisecond, ProbeFrequency: 200 * time.Millisecond,

@@ -60,6 +60,7 @@ type watcher struct {
 	podsAddressable bool
 	clusterIPDest   string // set once the ClusterIP passed a probe
 	clusterInflight bool
+	fallbackArmed   bool // a pod probe round ran since the last ClusterIP fallback probe
 	sent            *throttler.Backends
 	results         chan probeResult
 	ticker          clock.Ticker
@@ -229,6 +230,7 @@ func (w *watcher) startProbes(ctx context.Context, tick bool) {
 			continue
 		}
 		w.inflight.Insert(d)
+		w.fallbackArmed = true
 		go w.probeOne(ctx, d, false, w.timeout)
 	}
 }
@@ -302,7 +304,7 @@ func (w *watcher) handleResult(r probeResult) {
 // maybeFallback probes the private ClusterIP in auto mode once every pod has answered without passing,
 // and no answer ruled out a mesh (upstream's podsAddressable detection).
 func (w *watcher) maybeFallback(ctx context.Context) {
-	if w.meshMode() != MeshAuto || w.opts.PassthroughLB || !w.podsAddressable || w.clusterInflight {
+	if w.meshMode() != MeshAuto || w.opts.PassthroughLB || !w.podsAddressable || w.clusterInflight || !w.fallbackArmed {
 		return
 	}
 	all := w.cur.all()
@@ -315,6 +317,8 @@ func (w *watcher) maybeFallback(ctx context.Context) {
 			return
 		}
 	}
+	// Once per round of pod probes, not in a loop while the ClusterIP fails too.
+	w.fallbackArmed = false
 	w.probeClusterIP(ctx)
 }
 
