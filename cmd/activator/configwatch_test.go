@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/observability"
+)
+
+func TestConfigMapsApplyAtRunTime(t *testing.T) {
+	kube := fake.NewSimpleClientset()
+	p := observability.NewProfiling(false)
+	var out bytes.Buffer
+	rl := activator.NewRequestLogger(&out)
+	logger := zaptest.NewLogger(t).Sugar()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		watchConfigMaps(ctx, kube, "knative-serving", configHandlers{"config-observability": observabilityHandler(p, rl, logger)})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "knative-serving", Name: "config-observability"},
+		Data: map[string]string{"runtime-profiling": "enabled"}}
+	if _, err := kube.CoreV1().ConfigMaps("knative-serving").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, p.Enabled)
+	cm.Data = map[string]string{"runtime-profiling": "disabled"}
+	if _, err := kube.CoreV1().ConfigMaps("knative-serving").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return !p.Enabled() })
+	// Invalid values are ignored: profiling stays as it was.
+	cm.Data = map[string]string{"runtime-profiling": "sometimes"}
+	kube.CoreV1().ConfigMaps("knative-serving").Update(ctx, cm, metav1.UpdateOptions{})
+	// Another namespace's ConfigMap of the same name is not watched.
+	other := cm.DeepCopy()
+	other.Namespace, other.Data = "default", map[string]string{"runtime-profiling": "enabled"}
+	kube.CoreV1().ConfigMaps("default").Create(ctx, other, metav1.CreateOptions{})
+	time.Sleep(50 * time.Millisecond)
+	if p.Enabled() {
+		t.Fatal("an invalid or foreign ConfigMap changed profiling")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

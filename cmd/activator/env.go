@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/thaw-dev/thaw/pkg/endpoints"
+)
+
+// env is upstream's activator environment plus Thaw's own knobs.
+type env struct {
+	PodName, PodIP           string
+	SystemNamespace          string
+	ClusterDomain            string // "" → from /etc/resolv.conf
+	MaxIdleProxyConns        int
+	MaxIdleProxyConnsPerHost int
+	ProbeTimeout             time.Duration
+	ProbeFrequency           time.Duration
+	ConfigLoggingName        string
+	ConfigObservabilityName  string
+	// QueueDepth bounds each revision's waiting requests (ACTIVATOR_QUEUE_DEPTH).
+	QueueDepth int
+	// DrainTimeout is how long the activator keeps serving after SIGTERM
+	// while readiness fails (DRAIN_TIMEOUT, upstream's 45s).
+	DrainTimeout time.Duration
+}
+
+// loadEnv reads the environment through getenv; every invalid value is an error naming it.
+func loadEnv(getenv func(string) string) (*env, error) {
+	e := &env{
+		PodName:                 getenv("POD_NAME"),
+		PodIP:                   getenv("POD_IP"),
+		SystemNamespace:         getenv("SYSTEM_NAMESPACE"),
+		ClusterDomain:           getenv("CLUSTER_DOMAIN"),
+		ConfigLoggingName:       getenv("CONFIG_LOGGING_NAME"),
+		ConfigObservabilityName: getenv("CONFIG_OBSERVABILITY_NAME"),
+	}
+	if e.PodName == "" {
+		return nil, fmt.Errorf("POD_NAME is required")
+	}
+	if e.PodIP == "" {
+		return nil, fmt.Errorf("POD_IP is required")
+	}
+	if e.SystemNamespace == "" {
+		e.SystemNamespace = "knative-serving"
+	}
+	if e.ConfigLoggingName == "" {
+		e.ConfigLoggingName = "config-logging"
+	}
+	if e.ConfigObservabilityName == "" {
+		e.ConfigObservabilityName = "config-observability"
+	}
+	ints := []struct {
+		name string
+		dst  *int
+		def  int
+	}{
+		{"MAX_IDLE_PROXY_CONNS", &e.MaxIdleProxyConns, 1000},
+		{"MAX_IDLE_PROXY_CONNS_PER_HOST", &e.MaxIdleProxyConnsPerHost, 100},
+		{"ACTIVATOR_QUEUE_DEPTH", &e.QueueDepth, 0},
+	}
+	for _, i := range ints {
+		*i.dst = i.def
+		if v := getenv(i.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("invalid %s %q: want a non-negative integer", i.name, v)
+			}
+			*i.dst = n
+		}
+	}
+	var err error
+	if e.ProbeTimeout, e.ProbeFrequency, err = endpoints.ProbeSettingsFromEnv(getenv); err != nil {
+		return nil, err
+	}
+	e.DrainTimeout = 45 * time.Second
+	if v := getenv("DRAIN_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("invalid DRAIN_TIMEOUT %q: want a duration like 45s", v)
+		}
+		e.DrainTimeout = d
+	}
+	return e, nil
+}

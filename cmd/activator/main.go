@@ -1,0 +1,284 @@
+// Command activator is Thaw's drop-in for Knative Serving's activator: same
+// ports, env, RBAC and probes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+	pkglogging "knative.dev/pkg/logging"
+	pkgnetwork "knative.dev/pkg/network"
+	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
+
+	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/endpoints"
+	"github.com/thaw-dev/thaw/pkg/observability"
+	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/revisions"
+	"github.com/thaw-dev/thaw/pkg/statsink"
+	"github.com/thaw-dev/thaw/pkg/throttler"
+)
+
+const component = "activator"
+
+type flags struct {
+	kubeconfig, server string
+	qps                float64
+	burst              int
+}
+
+func parseFlags(args []string, getenv func(string) string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet(component, flag.ContinueOnError)
+	fs.StringVar(&f.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "Path to a kubeconfig; in-cluster config when empty.")
+	fs.StringVar(&f.server, "server", "", "The address of the Kubernetes API server; overrides the kubeconfig.")
+	qps, burst := 0.0, 0
+	if v := getenv("KUBE_API_QPS"); v != "" {
+		q, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return nil, fmt.Errorf("invalid KUBE_API_QPS %q", v)
+		}
+		qps = q
+	}
+	if v := getenv("KUBE_API_BURST"); v != "" {
+		b, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("invalid KUBE_API_BURST %q", v)
+		}
+		burst = b
+	}
+	fs.Float64Var(&f.qps, "kube-api-qps", qps, "Maximum QPS to the API server from this client.")
+	fs.IntVar(&f.burst, "kube-api-burst", burst, "Maximum burst for throttle.")
+	// Accepted for compatibility with upstream's shared flags.
+	fs.String("cluster", "", "Defaults to the current cluster in the kubeconfig (ignored).")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func restConfig(f *flags) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if f.kubeconfig == "" && f.server == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags(f.server, f.kubeconfig)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if f.qps > 0 {
+		cfg.QPS = float32(f.qps)
+	}
+	if f.burst > 0 {
+		cfg.Burst = f.burst
+	}
+	return cfg, nil
+}
+
+func main() {
+	if err := run(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run() error {
+	f, err := parseFlags(os.Args[1:], os.Getenv)
+	if err != nil {
+		return err
+	}
+	e, err := loadEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if e.ClusterDomain == "" {
+		e.ClusterDomain = pkgnetwork.GetClusterDomainName()
+	}
+	cfg, err := restConfig(f)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	serving, err := servingclient.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	getCM := func(name string) map[string]string {
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		defer ccancel()
+		cm, err := kube.CoreV1().ConfigMaps(e.SystemNamespace).Get(cctx, name, metav1.GetOptions{})
+		if err != nil {
+			log.Printf("Using defaults: cannot read ConfigMap %s/%s: %v", e.SystemNamespace, name, err)
+			return nil
+		}
+		return configData(cm)
+	}
+
+	logCfg, err := pkglogging.NewConfigFromMap(getCM(e.ConfigLoggingName))
+	if err != nil {
+		return fmt.Errorf("%s: %w", e.ConfigLoggingName, err)
+	}
+	logger, level := pkglogging.NewLoggerFromConfig(logCfg, component)
+	logger = logger.With(zap.String("knative.dev/controller", component), zap.String("knative.dev/pod", e.PodName))
+	defer logger.Sync()
+
+	obsCfg, err := observability.NewConfigFromMap(getCM(e.ConfigObservabilityName))
+	if err != nil {
+		// Invalid observability config must not take the data plane down.
+		logger.Errorw("Invalid config-observability; using defaults", zap.Error(err))
+		obsCfg = observability.Defaults()
+	}
+	netData := getCM("config-network")
+	meshMode, err := endpoints.ParseMeshMode(netData["mesh-compatibility-mode"])
+	if err != nil {
+		logger.Errorw("Invalid config-network; using mesh-compatibility-mode auto", zap.Error(err))
+		meshMode = endpoints.MeshAuto
+	}
+	passthrough := strings.EqualFold(netData["enable-mesh-pod-addressability"], "true")
+
+	return runActivator(ctx, e, obsCfg, kube, serving, meshMode, passthrough, logger, level)
+}
+
+func configData(cm *corev1.ConfigMap) map[string]string { return cm.Data }
+
+func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kube kubernetes.Interface,
+	serving servingclient.Interface, meshMode endpoints.MeshMode, passthrough bool, logger *zap.SugaredLogger, level zap.AtomicLevel) error {
+	clk := clock.RealClock{}
+	reg := observability.NewRegistry()
+
+	tracing, err := observability.NewTracing(ctx, obsCfg, observability.Identity{Service: component, PodName: e.PodName, Namespace: e.SystemNamespace}, os.Stdout)
+	if err != nil {
+		logger.Errorw("Tracing disabled", zap.Error(err))
+	}
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		tracing.Shutdown(sctx)
+	}()
+
+	transport := proxy.NewTransport(e.MaxIdleProxyConns, e.MaxIdleProxyConnsPerHost)
+	popts := proxy.Options{}
+	hcfg := activator.Config{}
+	if tracing != nil {
+		popts.WrapTransport = tracing.WrapTransport
+		hcfg.TracerProvider, hcfg.Propagator = tracing.Provider, tracing.Propagator
+	}
+	px := proxy.New(transport, logger.Named("proxy"), popts)
+
+	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth}, clk, logger.Named("throttler"))
+	metrics := activator.NewMetrics(reg)
+	store := revisions.NewStore(serving, 0, logger.Named("revisions"))
+	store.OnUpsert(func(i *revisions.Info) {
+		thr.UpsertRevision(i.ID, throttler.RevisionConfig{ContainerConcurrency: i.ContainerConcurrency, QueueDepth: e.QueueDepth})
+	})
+	store.OnDelete(func(id types.NamespacedName) {
+		thr.DeleteRevision(id)
+		metrics.DeleteRevision(id)
+	})
+	epm := endpoints.NewManager(kube, store, thr, endpoints.Options{
+		ProbeTimeout:   e.ProbeTimeout,
+		ProbeFrequency: e.ProbeFrequency,
+		MeshMode:       meshMode,
+		PassthroughLB:  passthrough,
+		Transport:      transport,
+		Clock:          clk,
+		Logger:         logger.Named("endpoints"),
+	})
+
+	sink := statsink.New(statsink.URL(e.SystemNamespace, e.ClusterDomain), statsink.Options{Registerer: reg}, clk, logger)
+	reporter := concurrency.New(e.PodName, sink, clk, reg)
+
+	// Background owners: all stop with bgCtx, after the servers are down.
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	start := func(fn func(context.Context)) {
+		bg.Add(1)
+		go func() { defer bg.Done(); fn(bgCtx) }()
+	}
+	defer func() { bgCancel(); bg.Wait() }()
+	start(store.Run)
+	start(epm.Run)
+	start(sink.Run)
+	start(reporter.Run)
+	profiling := observability.NewProfiling(obsCfg.RuntimeProfiling)
+	requestLog := activator.NewRequestLogger(os.Stdout)
+	applyObservability(obsCfg, profiling, requestLog, logger)
+	start(func(c context.Context) {
+		watchConfigMaps(c, kube, e.SystemNamespace, configHandlers{
+			e.ConfigLoggingName:       loggingHandler(logger, level),
+			e.ConfigObservabilityName: observabilityHandler(profiling, requestLog, logger),
+		})
+	})
+
+	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
+	if !store.WaitForSync(syncCtx) || !epm.WaitForSync(syncCtx) {
+		syncCancel()
+		return fmt.Errorf("informers did not sync within a minute")
+	}
+	syncCancel()
+
+	ds := &drainState{}
+	hcfg.Throttler = thr
+	hcfg.Revisions = store
+	hcfg.Proxy = px
+	hcfg.IsNotSent = func(err error) bool { return errors.Is(err, proxy.ErrNotSent) }
+	hcfg.Reporter = reporter
+	hcfg.Health = ds.Health
+	hcfg.ClusterDomain = e.ClusterDomain
+	hcfg.Clock = clk
+	hcfg.Metrics = metrics
+	hcfg.QueueDepth = e.QueueDepth
+	hcfg.RequestLog = requestLog
+	hcfg.Logger = logger
+	handler := activator.NewHandler(hcfg)
+
+	servers := []namedServer{
+		{name: "http1", srv: dataServer(":8012", handler)},
+		{name: "h2c", srv: dataServer(":8013", handler)},
+		{name: "metrics", srv: observability.NewMetricsServer(":9090", reg)},
+		{name: "profile", srv: observability.NewProfilingServer(":8008", profiling)},
+	}
+	logger.Infow("Starting the activator", "podIP", e.PodIP, "queueDepth", e.QueueDepth, "drainTimeout", e.DrainTimeout)
+
+	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	// In-flight requests get up to the pod's termination grace (600s upstream).
+	shutdownCtx, sdCancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer sdCancel()
+	return serve(sigCtx, shutdownCtx, servers, ds, e.DrainTimeout, clk, logger)
+}
+
+// dataServer is an :8012/:8013 server: HTTP/1.1 and prior-knowledge h2c.
+func dataServer(addr string, h http.Handler) *http.Server {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{Addr: addr, Handler: h, Protocols: p, ReadHeaderTimeout: time.Minute}
+}

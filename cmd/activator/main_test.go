@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+func TestLoadEnv(t *testing.T) {
+	base := map[string]string{"POD_NAME": "act-0", "POD_IP": "10.0.0.5"}
+	tests := []struct {
+		name    string
+		extra   map[string]string
+		drop    string
+		check   func(*env) bool
+		wantErr string
+	}{
+		{name: "defaults", check: func(e *env) bool {
+			return e.SystemNamespace == "knative-serving" && e.MaxIdleProxyConns == 1000 && e.MaxIdleProxyConnsPerHost == 100 &&
+				e.ProbeTimeout == 300*time.Millisecond && e.ProbeFrequency == 200*time.Millisecond &&
+				e.DrainTimeout == 45*time.Second && e.ConfigLoggingName == "config-logging" &&
+				e.ConfigObservabilityName == "config-observability" && e.QueueDepth == 0
+		}},
+		{name: "overrides", extra: map[string]string{"SYSTEM_NAMESPACE": "ks", "MAX_IDLE_PROXY_CONNS": "5",
+			"MAX_IDLE_PROXY_CONNS_PER_HOST": "2", "PROBE_TIMEOUT": "1s", "PROBE_FREQUENCY": "50ms",
+			"ACTIVATOR_QUEUE_DEPTH": "77", "DRAIN_TIMEOUT": "3s", "CLUSTER_DOMAIN": "example.org"},
+			check: func(e *env) bool {
+				return e.SystemNamespace == "ks" && e.MaxIdleProxyConns == 5 && e.MaxIdleProxyConnsPerHost == 2 &&
+					e.ProbeTimeout == time.Second && e.ProbeFrequency == 50*time.Millisecond && e.QueueDepth == 77 &&
+					e.DrainTimeout == 3*time.Second && e.ClusterDomain == "example.org"
+			}},
+		{name: "no pod name", drop: "POD_NAME", wantErr: "POD_NAME"},
+		{name: "no pod ip", drop: "POD_IP", wantErr: "POD_IP"},
+		{name: "bad conns", extra: map[string]string{"MAX_IDLE_PROXY_CONNS": "many"}, wantErr: "MAX_IDLE_PROXY_CONNS"},
+		{name: "bad probe timeout", extra: map[string]string{"PROBE_TIMEOUT": "300"}, wantErr: "PROBE_TIMEOUT"},
+		{name: "bad drain", extra: map[string]string{"DRAIN_TIMEOUT": "soon"}, wantErr: "DRAIN_TIMEOUT"},
+		{name: "bad depth", extra: map[string]string{"ACTIVATOR_QUEUE_DEPTH": "-1"}, wantErr: "ACTIVATOR_QUEUE_DEPTH"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := map[string]string{}
+			for k, v := range base {
+				m[k] = v
+			}
+			for k, v := range tc.extra {
+				m[k] = v
+			}
+			delete(m, tc.drop)
+			e, err := loadEnv(func(k string) string { return m[k] })
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !tc.check(e) {
+				t.Fatalf("env = %+v, err %v", e, err)
+			}
+		})
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	f, err := parseFlags([]string{"--kubeconfig", "kc", "--server", "https://api:6443", "--kube-api-qps", "50"},
+		func(k string) string { return map[string]string{"KUBE_API_BURST": "70"}[k] })
+	if err != nil || f.kubeconfig != "kc" || f.server != "https://api:6443" || f.qps != 50 || f.burst != 70 {
+		t.Fatalf("%+v %v", f, err)
+	}
+	if _, err := parseFlags([]string{"--bogus"}, func(string) string { return "" }); err == nil {
+		t.Fatal("unknown flag accepted")
+	}
+}
+
+// TestDrain follows SIGTERM: readiness fails at once, the server keeps
+// serving through the drain period, then shuts down after in-flight
+// requests finish.
+func TestDrain(t *testing.T) {
+	ds := &drainState{}
+	release := make(chan struct{})
+	inFlight := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(inFlight)
+			<-release
+		}
+		if err := ds.Health(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + lis.Addr().String()
+	srv := dataServer(lis.Addr().String(), h)
+	clk := clocktesting.NewFakeClock(time.Now())
+	sigCtx, sigterm := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(sigCtx, context.Background(), []namedServer{{name: "http1", srv: srv, lis: lis}}, ds, 45*time.Second, clk, zaptest.NewLogger(t).Sugar())
+	}()
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/"); code != 200 {
+		t.Fatalf("before SIGTERM: %d", code)
+	}
+	slow := make(chan int, 1)
+	go func() { c, _ := get("/slow"); slow <- c }()
+	<-inFlight
+
+	sigterm()
+	for !clk.HasWaiters() { // the drain timer
+		time.Sleep(time.Millisecond)
+	}
+	if code, body := get("/"); code != 500 || !strings.Contains(body, "SIGTERM") {
+		t.Fatalf("while draining: %d %q, want 500 (still served)", code, body)
+	}
+	clk.Step(45 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("serve returned %v with a request in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if c := <-slow; c != 500 {
+		// It finished after SIGTERM, so its own health check reads draining.
+		t.Fatalf("in-flight request: %d", c)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if code, _ := get("/"); code != 0 {
+		t.Fatal("still serving after shutdown")
+	}
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/utils/clock"
+)
+
+// errDraining is what the kubelet probes read once SIGTERM arrived.
+var errDraining = errors.New("received SIGTERM from kubelet")
+
+// drainState fails readiness once draining starts.
+type drainState struct{ draining atomic.Bool }
+
+// Health returns nil until Drain, then an error. It does not look at the
+// autoscaler connection: an autoscaler outage must not take the data plane
+// down (knative/serving#6529).
+func (d *drainState) Health() error {
+	if d.draining.Load() {
+		return errDraining
+	}
+	return nil
+}
+
+type namedServer struct {
+	name string
+	srv  *http.Server
+	lis  net.Listener // nil: listen on srv.Addr
+}
+
+// serve runs the servers until sigCtx ends (SIGTERM) or one fails. It then
+// fails readiness, keeps serving for drain, and shuts every server down
+// gracefully, waiting for in-flight requests (bounded by shutdownCtx).
+func serve(sigCtx, shutdownCtx context.Context, servers []namedServer, ds *drainState, drain time.Duration,
+	clk clock.Clock, logger *zap.SugaredLogger) error {
+	errCh := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if s.lis != nil {
+				err = s.srv.Serve(s.lis)
+			} else {
+				err = s.srv.ListenAndServe()
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errCh <- fmt.Errorf("%s server failed: %w", s.name, err)
+			}
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-sigCtx.Done():
+		logger.Info("Received SIGTERM; failing readiness and draining")
+	case runErr = <-errCh:
+		logger.Errorw("Server failed; shutting down", zap.Error(runErr))
+	}
+	ds.draining.Store(true)
+	if drain > 0 {
+		logger.Infof("Serving for %v so that endpoint removal propagates", drain)
+		t := clk.NewTimer(drain)
+		select {
+		case <-t.C():
+		case <-shutdownCtx.Done():
+			t.Stop()
+		}
+	}
+	logger.Info("Shutting down servers")
+	var sdWG sync.WaitGroup
+	for _, s := range servers {
+		sdWG.Add(1)
+		go func() {
+			defer sdWG.Done()
+			if err := s.srv.Shutdown(shutdownCtx); err != nil {
+				logger.Errorw("Server shutdown", "server", s.name, zap.Error(err))
+			}
+		}()
+	}
+	sdWG.Wait()
+	wg.Wait()
+	logger.Info("Servers shut down")
+	return runErr
+}
