@@ -320,3 +320,6 @@ func (e *env) stepUntil(d time.Duration, what string, ok func(throttler.Backends
 	}
 	e.t.Fatalf("backends never became %s; history %+v", what, e.sink.history(testRev))
 }
+
+// The throttler is the sink in the activator.
+var _ BackendSink = (*throttler.Throttler)(nil)

@@ -26,6 +26,8 @@ import (
 const (
 	// QueuePort is queue-proxy's serving port (QUEUE_SERVING_PORT), the port activators dial.
 	QueuePort = 8012
+	// QueueH2CPort is queue-proxy's serving port for h2c revisions (Endpoints port "http2").
+	QueueH2CPort = 8013
 	// UserPort is the test app's port (USER_PORT/PORT).
 	UserPort = 8080
 	// MetricsPort serves queue-proxy's protobuf autoscaling Stat.
@@ -78,7 +80,7 @@ func NewNetwork(t testing.TB) *Network {
 	n := &Network{t: t, queue: os.Getenv("THAW_QUEUE_PROXY"), next: 2}
 	n.app = os.Getenv("THAW_TEST_APP")
 	if n.app == "" {
-		n.app = buildApp(t)
+		n.app = n.BuildApp(t, "github.com/thaw-dev/thaw/test/apps/autoscale")
 	}
 	// Start from a pid-derived subnet so parallel test processes rarely race for the same one; creating
 	// the bridge fails if its name exists, which makes the choice atomic across processes.
@@ -101,10 +103,12 @@ func NewNetwork(t testing.TB) *Network {
 	return n
 }
 
-func buildApp(t testing.TB) string {
+// BuildApp builds a main package (an import path of this module, like
+// "github.com/thaw-dev/thaw/test/apps/grpcping") into a temporary directory and returns the binary.
+func (n *Network) BuildApp(t testing.TB, pkg string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "autoscale")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/thaw-dev/thaw/test/apps/autoscale")
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the test app: %v\n%s", err, b)
@@ -139,9 +143,14 @@ type PodOptions struct {
 	// ReadinessProbe is SERVING_READINESS_PROBE (JSON); default a TCP probe of the app port, as the
 	// controller writes it.
 	ReadinessProbe string
-	// AppArgs and AppEnv are passed to the test app ("KEY=value").
+	// App is the app binary; default the Network's test/apps/autoscale (or THAW_TEST_APP). Use
+	// Network.BuildApp for another app of the module. The app must listen on $PORT.
+	App string
+	// AppArgs and AppEnv are passed to the app ("KEY=value").
 	AppArgs []string
 	AppEnv  []string
+	// H2C makes queue-proxy serve on QueueH2CPort, as for a revision whose port is named h2c.
+	H2C bool
 	// DeferApp starts only queue-proxy; call Pod.StartApp to start the app (a cold start).
 	DeferApp bool
 	// Delay is added one way, in both directions, on the pod's serving port (RTT = 2×Delay), by a
@@ -156,6 +165,7 @@ type PodOptions struct {
 type Pod struct {
 	Name  string
 	IP    string
+	Port  int    // serving port: QueuePort, or QueueH2CPort with H2C
 	NetNS string // network namespace name, for `ip netns exec`
 	Veth  string // host side of the pod's link
 
@@ -169,7 +179,7 @@ type Pod struct {
 }
 
 // Dest is the "ip:port" an activator dials (queue-proxy's serving port).
-func (p *Pod) Dest() string { return fmt.Sprintf("%s:%d", p.IP, QueuePort) }
+func (p *Pod) Dest() string { return fmt.Sprintf("%s:%d", p.IP, p.Port) }
 
 // URL is http://Dest().
 func (p *Pod) URL() string { return "http://" + p.Dest() }
@@ -206,9 +216,13 @@ func (n *Network) StartPod(t testing.TB, o PodOptions) *Pod {
 	if o.ReadinessProbe == "" {
 		o.ReadinessProbe = fmt.Sprintf(`{"tcpSocket":{"port":%d,"host":"127.0.0.1"},"successThreshold":1}`, UserPort)
 	}
+	if o.App == "" {
+		o.App = n.app
+	}
 	p := &Pod{
 		Name:  o.Name,
 		IP:    fmt.Sprintf("%s%d.%d", subnetPrefix, n.Subnet, idx),
+		Port:  QueuePort,
 		NetNS: fmt.Sprintf("th77-%d-%d", n.Subnet, idx),
 		Veth:  fmt.Sprintf("th77v%d-%d", n.Subnet, idx),
 		n:     n,
@@ -227,10 +241,13 @@ func (n *Network) StartPod(t testing.TB, o PodOptions) *Pod {
 	// Processes go before the namespace (cleanups run last-in first-out).
 	t.Cleanup(p.Kill)
 
-	queuePort := QueuePort
+	if o.H2C {
+		p.Port = QueueH2CPort
+	}
+	queuePort := p.Port
 	if o.Delay > 0 {
-		queuePort = QueuePort + 10000
-		ln, err := listenInNetNS(p.NetNS, fmt.Sprintf("%s:%d", p.IP, QueuePort))
+		queuePort = p.Port + 10000
+		ln, err := listenInNetNS(p.NetNS, p.Dest())
 		if err != nil {
 			t.Fatalf("delay listener in %s: %v", p.NetNS, err)
 		}
@@ -304,7 +321,7 @@ func (p *Pod) StartApp(t testing.TB) {
 	t.Helper()
 	env := append([]string{"PORT=" + strconv.Itoa(UserPort), "K_REVISION=" + p.opts.Revision,
 		"PATH=" + os.Getenv("PATH")}, p.opts.AppEnv...)
-	cmd := p.start(t, "app", p.n.app, env, p.opts.AppArgs)
+	cmd := p.start(t, "app", p.opts.App, env, p.opts.AppArgs)
 	p.mu.Lock()
 	p.app = cmd
 	p.mu.Unlock()

@@ -131,3 +131,15 @@ func TestDelayedPod(t *testing.T) {
 	}
 	t.Logf("probe over %v RTT took %v", 2*oneWay, took)
 }
+
+func TestH2CPod(t *testing.T) {
+	n := NewNetwork(t)
+	p := n.StartPod(t, PodOptions{H2C: true, App: n.BuildApp(t, "github.com/thaw-dev/thaw/test/apps/grpcping")})
+	if !strings.HasSuffix(p.Dest(), ":8013") {
+		t.Fatalf("h2c pod Dest = %s, want port 8013", p.Dest())
+	}
+	code, body, err := queueProbe(t, newClient(), p.Dest())
+	if err != nil || code != http.StatusOK || body != "queue" {
+		t.Fatalf("queue probe of %s = %d %q %v\n%s", p.Dest(), code, body, err, p.Logs())
+	}
+}
