@@ -199,6 +199,18 @@ func TestEndpointsBeforeRevision(t *testing.T) {
 	e.sink.waitBackends(t, testRev, "pod once the revision is known", hasDests(p.dest()))
 }
 
+func TestRevisionRecreatedWithLingeringEndpoints(t *testing.T) {
+	e := newEnv(t, Options{}, revInfo())
+	p := newPod(t, "pass")
+	e.apply(privateEndpoints(testRev, "http", epAddr{p.dest(), true}))
+	e.sink.waitBackends(t, testRev, "pod", hasDests(p.dest()))
+	e.revs.delete(testRev)
+	e.sink.waitBackends(t, testRev, "empty after delete", hasDests())
+	// The Endpoints never changed, so only the revision event can bring the watcher back.
+	e.revs.upsert(revInfo())
+	e.sink.waitBackends(t, testRev, "pod again", hasDests(p.dest()))
+}
+
 func TestRecreatedEndpointsKeepOrder(t *testing.T) {
 	e := newEnv(t, Options{}, revInfo())
 	p := newPod(t, "pass")

@@ -217,12 +217,32 @@ func (m *Manager) stopWatcher(rev types.NamespacedName) {
 func (m *Manager) revisionUpserted(info *revisions.Info) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, running := m.watchers[info.ID]; running || m.ctx == nil || m.ctx.Err() != nil {
+		return
+	}
 	ep, ok := m.waiting[info.ID]
-	if !ok || m.ctx == nil || m.ctx.Err() != nil {
+	if !ok {
+		// A revision deleted and created again keeps Endpoints that may see no new event.
+		ep, ok = m.cachedPrivate(info.ID)
+	}
+	if !ok {
 		return
 	}
 	w := m.startWatcherLocked(info.ID, info)
 	w.setDests(endpointsToDests(ep, info.PortName()))
+}
+
+// cachedPrivate finds rev's private Endpoints (named <rev>-private by the SKS controller) in the cache.
+func (m *Manager) cachedPrivate(rev types.NamespacedName) (*corev1.Endpoints, bool) {
+	obj, ok, err := m.privInf.GetIndexer().GetByKey(rev.Namespace + "/" + rev.Name + "-private")
+	if err != nil || !ok {
+		return nil, false
+	}
+	ep, ok := obj.(*corev1.Endpoints)
+	if !ok || ep.Labels[RevisionLabel] != rev.Name {
+		return nil, false
+	}
+	return ep, true
 }
 
 // revisionDeleted stops routing to a deleted revision even if its Endpoints linger (knative/serving#16679).

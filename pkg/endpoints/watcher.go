@@ -21,8 +21,6 @@ type dests struct {
 	ready, notReady sets.Set[string]
 }
 
-func (d dests) all() sets.Set[string] { return d.ready.Union(d.notReady) }
-
 type probeResult struct {
 	dest      string
 	clusterIP bool
@@ -53,6 +51,7 @@ type watcher struct {
 
 	// State owned by run.
 	cur, prev       dests
+	all             sets.Set[string]        // cur.ready ∪ cur.notReady
 	passed          sets.Set[string]        // pods whose latest probe passed
 	outcomes        map[string]probeOutcome // latest finished probe per pod
 	inflight        sets.Set[string]
@@ -120,6 +119,7 @@ func (w *watcher) run(ctx context.Context, prev <-chan struct{}) {
 	// spares probe goroutines a wait on the loop.
 	w.results = make(chan probeResult, 16)
 	w.cur = dests{ready: sets.New[string](), notReady: sets.New[string]()}
+	w.all = sets.New[string]()
 	defer w.stopTicker()
 
 	for {
@@ -140,6 +140,7 @@ func (w *watcher) run(ctx context.Context, prev <-chan struct{}) {
 			w.mu.Unlock()
 			if d != nil {
 				w.prev, w.cur = w.cur, *d
+				w.all = d.ready.Union(d.notReady)
 				w.endpointsChanged()
 			}
 			w.startProbes(ctx, false)
@@ -157,7 +158,7 @@ func (w *watcher) meshMode() MeshMode { return w.opts.MeshMode }
 
 // endpointsChanged drops state of pods that are gone and re-probes pods Kubernetes no longer calls ready.
 func (w *watcher) endpointsChanged() {
-	all := w.cur.all()
+	all := w.all
 	if all.Len() == 0 {
 		// Scaled to zero: start over, and tell the sink at once.
 		w.passed.Clear()
@@ -217,12 +218,12 @@ func (w *watcher) needsProbe(d string) bool {
 // never probed yet, so a failing pod is probed once per tick and not in a busy loop.
 func (w *watcher) startProbes(ctx context.Context, tick bool) {
 	if w.usingClusterIP() {
-		if w.clusterIPDest == "" && !w.clusterInflight && w.cur.all().Len() > 0 {
+		if w.clusterIPDest == "" && !w.clusterInflight && w.all.Len() > 0 {
 			w.probeClusterIP(ctx)
 		}
 		return
 	}
-	for d := range w.cur.all() {
+	for d := range w.all {
 		if w.inflight.Has(d) || !w.needsProbe(d) {
 			continue
 		}
@@ -276,7 +277,7 @@ func (w *watcher) handleResult(r probeResult) {
 			w.logger.Debugw("ClusterIP probe failed", zap.String("dest", r.dest), zap.Error(r.err))
 			return
 		}
-		if w.cur.all().Len() == 0 {
+		if w.all.Len() == 0 {
 			return
 		}
 		if w.podsAddressable && w.meshMode() == MeshAuto {
@@ -288,7 +289,7 @@ func (w *watcher) handleResult(r probeResult) {
 		return
 	}
 	w.inflight.Delete(r.dest)
-	if !w.cur.all().Has(r.dest) {
+	if !w.all.Has(r.dest) {
 		return // the pod left while we probed it
 	}
 	w.outcomes[r.dest] = r.outcome
@@ -307,7 +308,7 @@ func (w *watcher) maybeFallback(ctx context.Context) {
 	if w.meshMode() != MeshAuto || w.opts.PassthroughLB || !w.podsAddressable || w.clusterInflight || !w.fallbackArmed {
 		return
 	}
-	all := w.cur.all()
+	all := w.all
 	if all.Len() == 0 || w.passed.Len() > 0 || w.inflight.Len() > 0 {
 		return
 	}
@@ -349,9 +350,9 @@ func (w *watcher) send(b throttler.Backends) {
 func (w *watcher) updateTicker() {
 	need := false
 	if w.usingClusterIP() {
-		need = w.clusterIPDest == "" && w.cur.all().Len() > 0
+		need = w.clusterIPDest == "" && w.all.Len() > 0
 	} else {
-		for d := range w.cur.all() {
+		for d := range w.all {
 			if w.needsProbe(d) {
 				need = true
 				break
