@@ -6,8 +6,9 @@
 //
 // THAW_PERF_RPS (default 1000) and THAW_PERF_SECONDS (default 10, seconds
 // per path, run as interleaved one-second rounds) tune it.
-// THAW_PERF_BACKEND=host:port sends to an existing pod (such as an upstream
-// queue-proxy) instead of the in-process test app.
+// The backend is an upstream queue-proxy pod in a network namespace when the
+// pod harness can run (root, THAW_QUEUE_PROXY set), else an in-process app;
+// THAW_PERF_BACKEND=host:port names another one.
 package activator_test
 
 import (
@@ -35,6 +36,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/revisions"
 	"github.com/thaw-dev/thaw/pkg/throttler"
 	"github.com/thaw-dev/thaw/pkg/wire"
+	"github.com/thaw-dev/thaw/test/podharness"
 )
 
 var rev = types.NamespacedName{Namespace: "perf", Name: "rev"}
@@ -110,7 +112,14 @@ func TestActivatorOverhead(t *testing.T) {
 	logger := zap.NewNop().Sugar()
 
 	backend := os.Getenv("THAW_PERF_BACKEND")
+	if backend == "" && podharness.Requirements() == "" {
+		// The same upstream queue-proxy pod (with its test app) for every path.
+		pod := podharness.NewNetwork(t).StartPod(t, podharness.PodOptions{})
+		backend = pod.Dest()
+		t.Logf("backend: queue-proxy pod at %s", backend)
+	}
 	if backend == "" {
+		t.Log("backend: in-process app (run as root with THAW_QUEUE_PROXY set for a queue-proxy pod)")
 		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "hello")
 		}))
