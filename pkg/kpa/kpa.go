@@ -113,6 +113,8 @@ type Reconciler struct {
 	synced    []cache.InformerSynced
 	queue     workqueue.TypedRateLimitingInterface[types.NamespacedName]
 	probes    *asyncProber
+	// after delays a reconcile (the queue's AddAfter; replaceable in tests).
+	after func(types.NamespacedName, time.Duration)
 }
 
 // New returns a Reconciler and registers its event handlers on the
@@ -145,6 +147,7 @@ func New(d Deps) (*Reconciler, error) {
 			workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
 			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "kpa", Clock: d.Clock}),
 	}
+	r.after = r.queue.AddAfter
 	r.probes = newAsyncProber(d.Prober, d.Clock, r.EnqueueAfter, d.Logger)
 
 	handlers := []struct {
@@ -218,9 +221,7 @@ func (r *Reconciler) enqueuePodRevision(obj any) {
 func (r *Reconciler) Enqueue(key types.NamespacedName) { r.queue.Add(key) }
 
 // EnqueueAfter reconciles key after d.
-func (r *Reconciler) EnqueueAfter(key types.NamespacedName, d time.Duration) {
-	r.queue.AddAfter(key, d)
-}
+func (r *Reconciler) EnqueueAfter(key types.NamespacedName, d time.Duration) { r.after(key, d) }
 
 // ResyncAll enqueues every KPA-class PA (on a config change).
 func (r *Reconciler) ResyncAll() {
@@ -370,6 +371,11 @@ func (r *Reconciler) reconcile(ctx context.Context, pa *autoscalingv1alpha1.PodA
 	switch {
 	case want == scaleUnknown && pa.Status.IsInactive():
 		// Restarted without metrics while scaled down: keep proxying.
+	case want == scaleUnknown:
+		// No decision yet (a restarted autoscaler): keep the current mode.
+		// Upstream switches to Proxy here until the first decision, moving
+		// the activator into the path of every revision at each restart.
+		mode = sks.Spec.Mode
 	case want > 0 && dst.ExcessBurstCapacity >= 0:
 		mode = nv1alpha1.SKSOperationModeServe
 	}
