@@ -61,3 +61,28 @@ func TestUnescapeMount(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestIptablesEntries(t *testing.T) {
+	got := iptablesEntries("iptables-save", save)
+	want := []string{
+		"iptables-save/filter/:KUBE-FORWARD -",
+		"iptables-save/filter/:CNI-FORWARD -",
+		"iptables-save/filter/:MY-CHAIN -",
+		`iptables-save/filter/-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS`,
+		`iptables-save/filter/-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD`,
+		"iptables-save/filter/-A FORWARD -j MY-CHAIN",
+		"iptables-save/filter/-A KUBE-FORWARD -j ACCEPT",
+		"iptables-save/nat/:KUBE-SERVICES -",
+		`iptables-save/nat/-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("iptablesEntries =\n%q\nwant\n%q", got, want)
+	}
+	// Empty ACCEPT tables are equivalent to none; a DROP policy is not.
+	if e := iptablesEntries("x", "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"); len(e) != 0 {
+		t.Errorf("empty table: %q", e)
+	}
+	if e := iptablesEntries("x", "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"); len(e) != 1 {
+		t.Errorf("DROP policy not recorded: %q", e)
+	}
+}

@@ -12,7 +12,7 @@ import (
 
 // Snapshot is a comparable picture of the host parts the lab touches.
 type Snapshot struct {
-	IptablesChains []string          // table/chain
+	IptablesChains []string          // user chains, non-ACCEPT built-in policies and rules, per table
 	Sysctls        map[string]string // Sysctls' values
 	Links          []string          // `ip -br link` names
 	Routes         []string          // `ip route` lines
@@ -29,15 +29,7 @@ func Take(ctx context.Context) Snapshot {
 		if err != nil {
 			continue
 		}
-		table := ""
-		for _, line := range strings.Split(out, "\n") {
-			switch {
-			case strings.HasPrefix(line, "*"):
-				table = line[1:]
-			case strings.HasPrefix(line, ":"):
-				s.IptablesChains = append(s.IptablesChains, bin+"/"+table+"/"+strings.Fields(line[1:])[0])
-			}
-		}
+		s.IptablesChains = append(s.IptablesChains, iptablesEntries(bin, out)...)
 	}
 	for _, k := range Sysctls {
 		v, _ := ReadSysctl(k)
@@ -112,6 +104,29 @@ func diffList(what string, a, b []string) []string {
 		if ca[x] < cb[x] {
 			out = append(out, fmt.Sprintf("%s added: %s", what, x))
 			ca[x]++
+		}
+	}
+	return out
+}
+
+// iptablesEntries lists what matters of an iptables-save dump: user chains, built-in chains whose
+// policy is not ACCEPT, and every rule. A table holding only empty ACCEPT built-in chains filters
+// nothing, and the iptables-nft backend cannot delete one once any iptables command created it, so
+// such tables compare equal to absent ones.
+func iptablesEntries(bin, save string) []string {
+	var out []string
+	table := ""
+	for _, line := range strings.Split(save, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+		case strings.HasPrefix(line, ":"):
+			f := strings.Fields(line[1:])
+			if len(f) >= 2 && f[1] != "ACCEPT" {
+				out = append(out, bin+"/"+table+"/:"+f[0]+" "+f[1])
+			}
+		case strings.HasPrefix(line, "-A "):
+			out = append(out, bin+"/"+table+"/"+line)
 		}
 	}
 	return out
