@@ -329,6 +329,19 @@ func TestProbeTimeoutBacksOff(t *testing.T) {
 	msg := "Probe of " + p.dest() + " timed out; probe timeout raised to 600ms"
 	eventually(t, "timeout raised", func() bool { return logs.FilterMessage(msg).Len() == 1 })
 	e.stepUntil(200*time.Millisecond, "pod after a timed-out probe", hasDests(p.dest()))
+
+	// Scale to zero and back: the learned timeout is kept, so a slow first probe is not cut at 300ms.
+	e.apply(privateEndpoints(testRev, "http"))
+	e.sink.waitBackends(t, testRev, "scaled to zero", hasDests())
+	p.set("hang")
+	e.apply(privateEndpoints(testRev, "http", epAddr{p.dest(), false}))
+	eventually(t, "probe after scale from zero", func() bool { return p.probes.Load() == 3 })
+	e.clock.Step(300 * time.Millisecond)
+	p.set("pass")
+	e.clock.Step(300 * time.Millisecond) // 600ms: now it times out, and the timeout doubles again
+	eventually(t, "timeout raised again", func() bool {
+		return logs.FilterMessage("Probe of " + p.dest() + " timed out; probe timeout raised to 1.2s").Len() == 1
+	})
 }
 
 // TestSlowNetwork is knative/serving#14202: a probe costs two round trips (connect, then request), so

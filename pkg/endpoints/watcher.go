@@ -160,11 +160,11 @@ func (w *watcher) meshMode() MeshMode { return w.opts.MeshMode }
 func (w *watcher) endpointsChanged() {
 	all := w.all
 	if all.Len() == 0 {
-		// Scaled to zero: start over, and tell the sink at once.
+		// Scaled to zero: start over, and tell the sink at once. The learned probe timeout stays: the
+		// network has not changed, and the next cold start should not pay for learning it again.
 		w.passed.Clear()
 		clear(w.outcomes)
 		w.clusterIPDest = ""
-		w.timeout = w.opts.ProbeTimeout
 		w.send(throttler.Backends{})
 		return
 	}
