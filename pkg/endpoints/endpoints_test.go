@@ -340,7 +340,7 @@ func TestProbeTimeoutBacksOff(t *testing.T) {
 	p.set("pass")
 	e.clock.Step(300 * time.Millisecond) // 600ms: now it times out, and the timeout doubles again
 	eventually(t, "timeout raised again", func() bool {
-		return logs.FilterMessage("Probe of " + p.dest() + " timed out; probe timeout raised to 1.2s").Len() == 1
+		return logs.FilterMessage("Probe of "+p.dest()+" timed out; probe timeout raised to 1.2s").Len() == 1
 	})
 }
 
