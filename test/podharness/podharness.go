@@ -82,6 +82,7 @@ func NewNetwork(t testing.TB) *Network {
 	if n.app == "" {
 		n.app = n.BuildApp(t, "github.com/thaw-dev/thaw/test/apps/autoscale")
 	}
+	removeStale(t)
 	// Start from a pid-derived subnet so parallel test processes rarely race for the same one; creating
 	// the bridge fails if its name exists, which makes the choice atomic across processes.
 	start := os.Getpid() % 254
@@ -93,6 +94,8 @@ func NewNetwork(t testing.TB) *Network {
 		}
 		n.Subnet, n.Bridge, n.Gateway = sub, br, fmt.Sprintf("%s%d.1", subnetPrefix, sub)
 		t.Cleanup(func() { _ = run("ip", "link", "del", br) })
+		// The owner's PID lets a later run remove what a killed test process left behind.
+		n.must("ip", "link", "set", "dev", br, "alias", fmt.Sprintf("%s%d", ownerAlias, os.Getpid()))
 		break
 	}
 	if n.Bridge == "" {
@@ -101,6 +104,43 @@ func NewNetwork(t testing.TB) *Network {
 	n.must("ip", "addr", "add", n.Gateway+"/24", "dev", n.Bridge)
 	n.must("ip", "link", "set", n.Bridge, "up")
 	return n
+}
+
+const ownerAlias = "thaw-podharness pid="
+
+// removeStale deletes harness bridges, and their pods' namespaces, whose owning process is gone (a test
+// binary killed before its cleanups ran).
+func removeStale(t testing.TB) {
+	out, err := exec.Command("ip", "-o", "link", "show", "type", "bridge").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		i := strings.Index(line, "alias "+ownerAlias)
+		if i < 0 {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.Fields(line[i+len("alias "+ownerAlias):])[0])
+		if err != nil || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // malformed, or its owner still runs
+		}
+		var sub int
+		name := strings.TrimSuffix(strings.Fields(line)[1], ":")
+		if _, err := fmt.Sscanf(name, "th77b%d", &sub); err != nil {
+			continue
+		}
+		if nsOut, err := exec.Command("ip", "netns", "list").Output(); err == nil {
+			prefix := fmt.Sprintf("th77-%d-", sub)
+			for _, f := range strings.Fields(string(nsOut)) {
+				if strings.HasPrefix(f, prefix) {
+					_ = run("ip", "netns", "del", f)
+				}
+			}
+		}
+		if err := run("ip", "link", "del", name); err == nil {
+			t.Logf("removed %s left by process %d", name, pid)
+		}
+	}
 }
 
 // BuildApp builds a main package (an import path of this module, like
