@@ -32,6 +32,11 @@ func startContainerd(t *testing.T) (ctrPath, address string) {
 			t.Skipf("containerd not built: %v", err)
 		}
 	}
+	// containerd always creates its default state directory (shim sockets and fifos are hard-wired
+	// there); remove it afterwards if this test made it.
+	const defaultState = "/run/containerd"
+	_, statErr := os.Stat(defaultState)
+	madeDefaultState := os.IsNotExist(statErr)
 	dir, err := os.MkdirTemp("", "thaw-ctr-")
 	if err != nil {
 		t.Fatal(err)
@@ -43,9 +48,11 @@ state = %q
 disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
 [grpc]
   address = %q
+[ttrpc]
+  address = %q
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, filepath.Join(dir, "opt"))
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, address+".ttrpc", filepath.Join(dir, "opt"))
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +90,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 			}
 		}
 		os.RemoveAll(dir)
+		if madeDefaultState {
+			_ = os.Remove(defaultState) // only if still empty
+		}
 	})
 	// containerd has no readiness signal but its socket answering.
 	deadline := time.Now().Add(20 * time.Second)
