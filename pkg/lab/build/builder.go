@@ -239,11 +239,11 @@ func (b *builder) ensureGroup(ctx context.Context, g group) error {
 		stamp := filepath.Join(stampDir, bin.name)
 		if have, err := os.ReadFile(stamp); err == nil && string(have) == key {
 			if _, err := os.Stat(out); err == nil {
-				b.logf("build: %-24s %s cached", bin.name, g.version)
+				b.logf("build: %-24s %s cached", bin.name, g.folder())
 				continue
 			}
 		}
-		b.logf("build: %-24s %s building...", bin.name, g.version)
+		b.logf("build: %-24s %s building...", bin.name, g.folder())
 		start := time.Now()
 		args := []string{"build", "-trimpath"}
 		if g.tags != "" {
@@ -259,7 +259,7 @@ func (b *builder) ensureGroup(ctx context.Context, g group) error {
 		if err := os.WriteFile(stamp, []byte(key), 0o644); err != nil {
 			return err
 		}
-		b.logf("build: %-24s %s built in %s", bin.name, g.version, since(start))
+		b.logf("build: %-24s %s built in %s", bin.name, g.folder(), since(start))
 	}
 	return nil
 }
