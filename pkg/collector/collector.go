@@ -100,7 +100,7 @@ type Collector struct {
 	clock    clock.WithTicker
 	logger   *zap.SugaredLogger
 	scrapers ScraperFactory
-	onChange func(types.NamespacedName)
+	onChange atomic.Pointer[func(types.NamespacedName)]
 	skew     time.Duration
 
 	mu   sync.RWMutex
@@ -118,7 +118,6 @@ func New(opts Options) *Collector {
 		clock:    opts.Clock,
 		logger:   opts.Logger,
 		scrapers: opts.Scrapers,
-		onChange: opts.OnChange,
 		skew:     opts.MaxFutureSkew,
 		revs:     make(map[types.NamespacedName]*collection),
 	}
@@ -131,7 +130,17 @@ func New(opts Options) *Collector {
 	if c.skew == 0 {
 		c.skew = DefaultMaxFutureSkew
 	}
+	if opts.OnChange != nil {
+		c.Watch(opts.OnChange)
+	}
 	return c
+}
+
+// Watch sets the callback told when a revision's scrape error state
+// changes, replacing any earlier one (the Metric reconciler is built after
+// the collector).
+func (c *Collector) Watch(fn func(types.NamespacedName)) {
+	c.onChange.Store(&fn)
 }
 
 // collection is one revision's windows. One mutex guards all four: a
@@ -374,8 +383,8 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 				stat.RequestCount-stat.ProxiedRequestCount)
 		}
 		col.mu.Unlock()
-		if changed && c.onChange != nil {
-			c.onChange(key)
+		if fn := c.onChange.Load(); changed && fn != nil && *fn != nil {
+			(*fn)(key)
 		}
 	}
 }

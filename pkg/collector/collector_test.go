@@ -248,8 +248,8 @@ func TestScrapeLoop(t *testing.T) {
 		Clock:    clk,
 		Logger:   zaptest.NewLogger(t).Sugar(),
 		Scrapers: func(types.NamespacedName, Config) (Scraper, error) { return fs, nil },
-		OnChange: func(k types.NamespacedName) { changes <- k },
 	})
+	c.Watch(func(k types.NamespacedName) { changes <- k })
 	t.Cleanup(c.Close)
 	if err := c.CreateOrUpdate(key, Config{StableWindow: time.Minute, PanicWindow: 6 * time.Second, ScrapeTarget: "rev-private"}); err != nil {
 		t.Fatal(err)

@@ -77,10 +77,12 @@ type Options struct {
 
 // MultiScaler holds the deciders of all revisions.
 type MultiScaler struct {
-	clock    clock.WithTicker
-	metrics  MetricClient
-	pods     PodCounter
-	inform   func(types.NamespacedName)
+	clock   clock.WithTicker
+	metrics MetricClient
+	pods    PodCounter
+	// inform is set by Options.Inform or Watch (the KPA reconciler is built
+	// after the multiscaler it reads from).
+	inform   atomic.Pointer[func(types.NamespacedName)]
 	logger   *zap.SugaredLogger
 	interval time.Duration
 
@@ -127,7 +129,6 @@ func New(opts Options) *MultiScaler {
 		clock:    opts.Clock,
 		metrics:  opts.Metrics,
 		pods:     opts.Pods,
-		inform:   opts.Inform,
 		logger:   opts.Logger,
 		interval: opts.TickInterval,
 		runners:  make(map[types.NamespacedName]*runner),
@@ -142,10 +143,16 @@ func New(opts Options) *MultiScaler {
 	if m.interval <= 0 {
 		m.interval = DefaultTickInterval
 	}
-	if m.inform == nil {
-		m.inform = func(types.NamespacedName) {}
+	if opts.Inform != nil {
+		m.Watch(opts.Inform)
 	}
 	return m
+}
+
+// Watch sets the callback told about changed decisions, replacing any
+// earlier one. It is called from the scheduler goroutine and must not block.
+func (m *MultiScaler) Watch(fn func(types.NamespacedName)) {
+	m.inform.Store(&fn)
 }
 
 // initialEBC is the excess burst capacity before the first decision: the
@@ -341,7 +348,9 @@ func (m *MultiScaler) untilNext(now time.Time) time.Duration {
 // tick makes one decision for r and informs on a change.
 func (m *MultiScaler) tick(r *runner, now time.Time) {
 	if changed := m.decide(r, now); changed {
-		m.inform(r.key)
+		if fn := m.inform.Load(); fn != nil && *fn != nil {
+			(*fn)(r.key)
+		}
 	}
 }
 

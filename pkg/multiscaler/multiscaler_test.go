@@ -78,8 +78,9 @@ type harness struct {
 func start(t *testing.T) *harness {
 	h := &harness{t: t, clk: clocktest.NewFakeClock(time.Unix(1_700_000_000, 0)), src: newSource(),
 		inform: make(chan types.NamespacedName, 100)}
-	h.ms = New(Options{Clock: h.clk, Metrics: h.src, Pods: h.src, Logger: zaptest.NewLogger(t).Sugar(),
-		Inform: func(k types.NamespacedName) { h.inform <- k }})
+	h.ms = New(Options{Clock: h.clk, Metrics: h.src, Pods: h.src, Logger: zaptest.NewLogger(t).Sugar()})
+	// Set after construction, as the KPA reconciler does.
+	h.ms.Watch(func(k types.NamespacedName) { h.inform <- k })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- h.ms.Run(ctx) }()
