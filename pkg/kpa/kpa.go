@@ -105,14 +105,15 @@ type Deps struct {
 
 // Reconciler reconciles KPA-class PodAutoscalers.
 type Reconciler struct {
-	d         Deps
-	paLister  aslisters.PodAutoscalerLister
-	mLister   aslisters.MetricLister
-	sksLister netlisters.ServerlessServiceLister
-	pods      corev1listers.PodLister
-	synced    []cache.InformerSynced
-	queue     workqueue.TypedRateLimitingInterface[types.NamespacedName]
-	probes    *asyncProber
+	d          Deps
+	paLister   aslisters.PodAutoscalerLister
+	mLister    aslisters.MetricLister
+	sksLister  netlisters.ServerlessServiceLister
+	pods       corev1listers.PodLister
+	synced     []cache.InformerSynced
+	queue      workqueue.TypedRateLimitingInterface[types.NamespacedName]
+	probes     *asyncProber
+	podMetrics podMetrics
 	// after delays a reconcile (the queue's AddAfter; replaceable in tests).
 	after func(types.NamespacedName, time.Duration)
 }
@@ -284,6 +285,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) er
 		// Deleted, or handed to another class.
 		r.d.Deciders.Delete(key)
 		r.probes.cancel(key)
+		r.podMetrics.delete(key)
 		return nil
 	}
 	if err != nil {
@@ -549,6 +551,8 @@ func activeThreshold(pa *autoscalingv1alpha1.PodAutoscaler, s *Settings) int {
 func (r *Reconciler) computeStatus(pa *autoscalingv1alpha1.PodAutoscaler, s *Settings, pc podCounts) {
 	ready := int32(pc.ready)
 	pa.Status.ActualScale = &ready
+	r.podMetrics.set(types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name},
+		podGauge{service: pa.Labels[serviceLabel], configuration: pa.Labels[configurationLabel], pc: pc})
 	// After a restart the decider has no data yet (−1); keep the last
 	// known desired scale instead of flapping through −1.
 	if !(pc.want == scaleUnknown && pa.Status.DesiredScale != nil && *pa.Status.DesiredScale >= 0) {
