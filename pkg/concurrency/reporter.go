@@ -177,6 +177,9 @@ func (r *Reporter) Report(now time.Time) []wire.StatMessage {
 		r.mu.Lock()
 		for _, key := range idle {
 			s := r.revs[key]
+			if s == nil {
+				continue // a concurrent Report got there first
+			}
 			s.mu.Lock()
 			// A request may have arrived since the report was cut.
 			stillIdle := s.inFlight == 0 && s.count == 0
