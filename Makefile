@@ -20,9 +20,13 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-# Unit and differential tests: no root, no cluster.
+# Unit and differential tests: no root, no cluster. Pod-level tests skip here.
 test-unit:
-	$(GO) test -race -count=1 $(PKGS)
+	THAW_QUEUE_PROXY= $(GO) test -race -count=1 $(PKGS)
+
+# Unit, differential and pod-level tests: real upstream queue-proxy pods in network namespaces (root).
+test-pod: $(QUEUE_PROXY)
+	THAW_QUEUE_PROXY=$(QUEUE_PROXY) $(GO) test -race -count=1 $(PKGS)
 
 # Each fuzz target for a short fixed time (go test -fuzz takes one target at a time).
 test-fuzz:
@@ -33,7 +37,7 @@ test-fuzz:
 	  done; done
 
 # Every test tier that exists.
-test: lint test-unit test-fuzz
+test: lint test-pod test-fuzz
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./perf/... | tee $(BIN)/bench.txt
