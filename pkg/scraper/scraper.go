@@ -395,7 +395,9 @@ func (s *Scraper) scrapePods(ctx context.Context, ready []*corev1.Pod, window ti
 		// Upstream's rule: the sample must be complete, else no stat.
 		switch {
 		case got > 0:
-			return wire.Stat{}, fmt.Errorf("%w: %d of %d sampled pods answered", ErrPodsExhausted, got, n)
+			// No counts in the message: it becomes the Metric's status
+			// message, which should not change on every scrape.
+			return wire.Stat{}, fmt.Errorf("%w: too few pods answered for a sample of %d", ErrPodsExhausted, n)
 		case nonMesh.Load():
 			return wire.Stat{}, fmt.Errorf("%w: no pod answered", ErrPodsExhausted)
 		default:
