@@ -524,20 +524,28 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// ReadyPods counts the ready pods of a revision; it is the multiscaler's
-// PodCounter.
+// ReadyPods counts the ready pods of a revision.
 func (r *Reconciler) ReadyPods(key types.NamespacedName) (int, error) {
-	pods, err := r.pods.Pods(key.Namespace).List(labels.SelectorFromSet(labels.Set{revisionLabel: key.Name}))
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, p := range pods {
-		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && podReady(p) {
-			n++
+	return ReadyPodCounter(r.pods)(key)
+}
+
+// ReadyPodCounter counts the Running, Ready, not terminating pods of a
+// revision from a pod lister; it fits multiscaler.PodCounterFunc, so the
+// multiscaler can be built before the reconciler.
+func ReadyPodCounter(pods corev1listers.PodLister) func(types.NamespacedName) (int, error) {
+	return func(key types.NamespacedName) (int, error) {
+		list, err := pods.Pods(key.Namespace).List(labels.SelectorFromSet(labels.Set{revisionLabel: key.Name}))
+		if err != nil {
+			return 0, err
 		}
+		n := 0
+		for _, p := range list {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && podReady(p) {
+				n++
+			}
+		}
+		return n, nil
 	}
-	return n, nil
 }
 
 // activeThreshold is the ready count at which the PA is Active.
