@@ -153,6 +153,11 @@ func (r *Reconciler) handleScaleToZero(ctx context.Context, pa *autoscalingv1alp
 	// Inactive.
 	if s.TBC != -1 {
 		// With TBC −1 the activator is always in the path; otherwise prove it.
+		if pa.Status.ServiceName == "" {
+			// Nothing to probe yet; the SKS status will bring the name.
+			r.EnqueueAfter(key, probedRecheck)
+			return desired, false
+		}
 		ok, err := r.d.Prober.Probe(ctx, r.probeURL(pa))
 		if !ok {
 			logger.Infow("Activator not yet in the path; probing", zap.Error(err))
