@@ -255,6 +255,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	hcfg.Clock = clk
 	hcfg.Metrics = metrics
 	hcfg.QueueDepth = e.QueueDepth
+	hcfg.PassthroughLB = passthrough
 	hcfg.RequestLog = requestLog
 	hcfg.Logger = logger
 	handler := activator.NewHandler(hcfg)

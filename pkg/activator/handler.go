@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/proxy"
 	"github.com/thaw-dev/thaw/pkg/revisions"
 	"github.com/thaw-dev/thaw/pkg/throttler"
 )
@@ -61,7 +62,7 @@ type RevisionGetter interface {
 // Proxier sends a request to a pod. It returns an error wrapping
 // proxy.ErrNotSent (and writes nothing) when the pod was never reached.
 type Proxier interface {
-	Serve(w http.ResponseWriter, r *http.Request, dest string, h2c bool) error
+	Serve(w http.ResponseWriter, r *http.Request, t proxy.Target) error
 }
 
 // Config wires the handler. Throttler, Revisions, Proxy and Logger are required.
@@ -76,6 +77,9 @@ type Config struct {
 	// Health returns an error once the activator drains; nil: always healthy.
 	// Readiness deliberately ignores the autoscaler connection (#6529).
 	Health func() error
+	// PassthroughLB (config-network enable-mesh-pod-addressability) sends the
+	// private service as Host with K-Passthrough-Lb, for meshes.
+	PassthroughLB bool
 	// QueueDepth bounds each revision's waiting requests; 0: the throttler's default.
 	QueueDepth    int
 	ClusterDomain string
@@ -280,7 +284,11 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 			defer proxySpan.End()
 			pr = r.WithContext(proxyCtx)
 		}
-		if err := h.cfg.Proxy.Serve(w, pr, dest, info.H2C); err != nil {
+		target := proxy.Target{Dest: dest, H2C: info.H2C}
+		if h.cfg.PassthroughLB {
+			target.PassthroughHost = info.ID.Name + "-private." + info.ID.Namespace
+		}
+		if err := h.cfg.Proxy.Serve(w, pr, target); err != nil {
 			if h.cfg.IsNotSent(err) {
 				return fmt.Errorf("%w: %w", throttler.ErrRetryable, err)
 			}

@@ -74,8 +74,8 @@ func (f *fakeThrottler) Try(ctx context.Context, _ types.NamespacedName, fn func
 // funcProxy is a Proxier made of a function.
 type funcProxy func(w http.ResponseWriter, r *http.Request, dest string) error
 
-func (f funcProxy) Serve(w http.ResponseWriter, r *http.Request, dest string, _ bool) error {
-	return f(w, r, dest)
+func (f funcProxy) Serve(w http.ResponseWriter, r *http.Request, t proxy.Target) error {
+	return f(w, r, t.Dest)
 }
 
 func testInfo() *revisions.Info {

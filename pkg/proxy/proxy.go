@@ -56,16 +56,31 @@ func New(t *Transport, logger *zap.SugaredLogger, opts Options) *Proxy {
 	return &Proxy{h1: h1, h2c: h2c, logger: logger, buffers: &bufferPool{}}
 }
 
-// Serve proxies r to dest ("ip:port"), over h2c when h2c is set or r is
-// HTTP/2. It returns nil once a response, or a 502 for a failed attempt, was
+// PassthroughHeader asks a mesh sidecar to deliver the request to the pod
+// addressed, not to balance it (config-network enable-mesh-pod-addressability).
+const PassthroughHeader = "K-Passthrough-Lb"
+
+// Target is where one attempt goes.
+type Target struct {
+	// Dest is the pod (or private service) address "ip:port".
+	Dest string
+	// H2C forces h2c (the revision's port is h2c); HTTP/2 requests use it anyway.
+	H2C bool
+	// PassthroughHost, if set, becomes the outgoing Host (the revision's
+	// private service, "<rev>-private.<ns>") with K-Passthrough-Lb: true, for
+	// meshes that route by Host.
+	PassthroughHost string
+}
+
+// Serve proxies r to t.Dest, over h2c when t.H2C is set or r is HTTP/2. It returns nil once a response, or a 502 for a failed attempt, was
 // written. It returns an error wrapping ErrNotSent, with nothing written,
 // when the pod refused the connection before the request (or any of its
 // body) was sent: the caller may then call Serve again with another dest.
 // Serve never retries by itself: a request that reached a pod is never sent
 // twice.
-func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, dest string, h2c bool) error {
+func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, t Target) error {
 	body := trackBody(r)
-	a := attempt{p: p, dest: dest, body: body}
+	a := attempt{p: p, dest: t.Dest, host: t.PassthroughHost, body: body}
 	a.rp.Rewrite = a.rewrite
 	a.rp.ErrorHandler = a.handleError
 	a.rp.BufferPool = p.buffers
@@ -73,7 +88,7 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, dest string, h2c b
 	// streaming responses (unknown length, as gRPC, or text/event-stream)
 	// and batches only responses of known length.
 	a.rp.Transport = p.h1
-	if h2c || r.ProtoMajor == 2 {
+	if t.H2C || r.ProtoMajor == 2 {
 		a.rp.Transport = p.h2c
 	}
 	a.rp.ServeHTTP(w, r)
@@ -84,6 +99,7 @@ type attempt struct {
 	rp      httputil.ReverseProxy
 	p       *Proxy
 	dest    string
+	host    string
 	body    *trackedBody
 	notSent error
 }
@@ -101,6 +117,10 @@ func (a *attempt) rewrite(pr *httputil.ProxyRequest) {
 	out.Header.Del(RevisionHeader)
 	out.Header.Del(NamespaceHeader)
 	out.Header.Set(ProxyHeader, ProxyHeaderValue)
+	if a.host != "" {
+		out.Host = a.host
+		out.Header.Set(PassthroughHeader, "true")
+	}
 
 	// Rewrite mode drops the forwarding headers; keep the ingress's ones
 	// (X-Forwarded-Proto matters to apps) and append the client to

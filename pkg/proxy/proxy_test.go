@@ -27,7 +27,7 @@ func newTestProxy(t *testing.T) (*Proxy, *Transport) {
 func front(t *testing.T, p *Proxy, dest func() string, h2c bool) *httptest.Server {
 	t.Helper()
 	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := p.Serve(w, r, dest(), h2c); err != nil {
+		if err := p.Serve(w, r, Target{Dest: dest(), H2C: h2c}); err != nil {
 			http.Error(w, "not sent: "+err.Error(), http.StatusServiceUnavailable)
 		}
 	}))
@@ -137,7 +137,7 @@ func TestRefusedIsNotSentAndRetryKeepsBody(t *testing.T) {
 	var errs []error
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for _, d := range []string{dead, hostOf(backend)} {
-			err := p.Serve(w, r, d, false)
+			err := p.Serve(w, r, Target{Dest: d})
 			errs = append(errs, err)
 			if err == nil {
 				return
@@ -180,7 +180,7 @@ func TestNoRetryOnceRequestReachedPod(t *testing.T) {
 	calls := 0
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls++
-		if err := p.Serve(w, r, hostOf(backend), false); err != nil {
+		if err := p.Serve(w, r, Target{Dest: hostOf(backend)}); err != nil {
 			t.Errorf("Serve returned %v, want nil (502 written)", err)
 		}
 	}))
@@ -208,7 +208,7 @@ func TestCancelledWritesNothing(t *testing.T) {
 	req := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(ctx)
 	rec := httptest.NewRecorder()
 	done := make(chan error)
-	go func() { done <- p.Serve(rec, req, hostOf(backend), false) }()
+	go func() { done <- p.Serve(rec, req, Target{Dest: hostOf(backend)}) }()
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Serve = %v", err)
@@ -317,5 +317,29 @@ func TestWebsocketUpgrade(t *testing.T) {
 		if err != nil || string(got) != "echo:"+m {
 			t.Fatalf("got %q %v", got, err)
 		}
+	}
+}
+
+func TestPassthroughHost(t *testing.T) {
+	got := make(chan *http.Request, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Clone(context.Background())
+	}))
+	defer backend.Close()
+	p, _ := newTestProxy(t)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.Serve(w, r, Target{Dest: hostOf(backend), PassthroughHost: "rev-private.ns"})
+	}))
+	defer s.Close()
+	req, _ := http.NewRequest(http.MethodGet, s.URL, nil)
+	req.Host = "app.example.com"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	in := <-got
+	if in.Host != "rev-private.ns" || in.Header.Get(PassthroughHeader) != "true" || in.Header.Get(OriginalHostHeader) != "app.example.com" {
+		t.Fatalf("Host %q, %s %q, %s %q", in.Host, PassthroughHeader, in.Header.Get(PassthroughHeader), OriginalHostHeader, in.Header.Get(OriginalHostHeader))
 	}
 }
