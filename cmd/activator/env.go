@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"time"
 
@@ -21,6 +22,10 @@ type env struct {
 	ConfigObservabilityName  string
 	// QueueDepth bounds each revision's waiting requests (ACTIVATOR_QUEUE_DEPTH).
 	QueueDepth int
+	// ProfilingPort (PROFILING_PORT) and MetricsAddr
+	// (METRICS_PROMETHEUS_HOST:METRICS_PROMETHEUS_PORT) as knative.dev/pkg reads them.
+	ProfilingPort int
+	MetricsAddr   string
 	// DrainTimeout is how long the activator keeps serving after SIGTERM
 	// while readiness fails (DRAIN_TIMEOUT, upstream's 45s).
 	DrainTimeout time.Duration
@@ -59,6 +64,7 @@ func loadEnv(getenv func(string) string) (*env, error) {
 		{"MAX_IDLE_PROXY_CONNS", &e.MaxIdleProxyConns, 1000},
 		{"MAX_IDLE_PROXY_CONNS_PER_HOST", &e.MaxIdleProxyConnsPerHost, 100},
 		{"ACTIVATOR_QUEUE_DEPTH", &e.QueueDepth, 0},
+		{"PROFILING_PORT", &e.ProfilingPort, 8008},
 	}
 	for _, i := range ints {
 		*i.dst = i.def
@@ -70,6 +76,15 @@ func loadEnv(getenv func(string) string) (*env, error) {
 			*i.dst = n
 		}
 	}
+	metricsPort := 9090
+	if v := getenv("METRICS_PROMETHEUS_PORT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 65535 {
+			return nil, fmt.Errorf("invalid METRICS_PROMETHEUS_PORT %q: want a port number", v)
+		}
+		metricsPort = n
+	}
+	e.MetricsAddr = net.JoinHostPort(getenv("METRICS_PROMETHEUS_HOST"), strconv.Itoa(metricsPort))
 	var err error
 	if e.ProbeTimeout, e.ProbeFrequency, err = endpoints.ProbeSettingsFromEnv(getenv); err != nil {
 		return nil, err

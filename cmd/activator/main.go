@@ -263,8 +263,8 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	servers := []namedServer{
 		{name: "http1", srv: dataServer(":8012", handler)},
 		{name: "h2c", srv: dataServer(":8013", handler)},
-		{name: "metrics", srv: observability.NewMetricsServer(":9090", reg)},
-		{name: "profile", srv: observability.NewProfilingServer(":8008", profiling)},
+		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg)},
+		{name: "profile", srv: observability.NewProfilingServer(":"+strconv.Itoa(e.ProfilingPort), profiling)},
 	}
 	logger.Infow("Starting the activator", "podIP", e.PodIP, "queueDepth", e.QueueDepth, "drainTimeout", e.DrainTimeout)
 

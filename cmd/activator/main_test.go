@@ -26,21 +26,25 @@ func TestLoadEnv(t *testing.T) {
 			return e.SystemNamespace == "knative-serving" && e.MaxIdleProxyConns == 1000 && e.MaxIdleProxyConnsPerHost == 100 &&
 				e.ProbeTimeout == 300*time.Millisecond && e.ProbeFrequency == 200*time.Millisecond &&
 				e.DrainTimeout == 45*time.Second && e.ConfigLoggingName == "config-logging" &&
-				e.ConfigObservabilityName == "config-observability" && e.QueueDepth == 0
+				e.ConfigObservabilityName == "config-observability" && e.QueueDepth == 0 &&
+				e.ProfilingPort == 8008 && e.MetricsAddr == ":9090"
 		}},
 		{name: "overrides", extra: map[string]string{"SYSTEM_NAMESPACE": "ks", "MAX_IDLE_PROXY_CONNS": "5",
 			"MAX_IDLE_PROXY_CONNS_PER_HOST": "2", "PROBE_TIMEOUT": "1s", "PROBE_FREQUENCY": "50ms",
-			"ACTIVATOR_QUEUE_DEPTH": "77", "DRAIN_TIMEOUT": "3s", "CLUSTER_DOMAIN": "example.org"},
+			"ACTIVATOR_QUEUE_DEPTH": "77", "DRAIN_TIMEOUT": "3s", "CLUSTER_DOMAIN": "example.org",
+			"PROFILING_PORT": "18008", "METRICS_PROMETHEUS_PORT": "19090", "METRICS_PROMETHEUS_HOST": "127.0.0.1"},
 			check: func(e *env) bool {
 				return e.SystemNamespace == "ks" && e.MaxIdleProxyConns == 5 && e.MaxIdleProxyConnsPerHost == 2 &&
 					e.ProbeTimeout == time.Second && e.ProbeFrequency == 50*time.Millisecond && e.QueueDepth == 77 &&
-					e.DrainTimeout == 3*time.Second && e.ClusterDomain == "example.org"
+					e.DrainTimeout == 3*time.Second && e.ClusterDomain == "example.org" &&
+					e.ProfilingPort == 18008 && e.MetricsAddr == "127.0.0.1:19090"
 			}},
 		{name: "no pod name", drop: "POD_NAME", wantErr: "POD_NAME"},
 		{name: "no pod ip", drop: "POD_IP", wantErr: "POD_IP"},
 		{name: "bad conns", extra: map[string]string{"MAX_IDLE_PROXY_CONNS": "many"}, wantErr: "MAX_IDLE_PROXY_CONNS"},
 		{name: "bad probe timeout", extra: map[string]string{"PROBE_TIMEOUT": "300"}, wantErr: "PROBE_TIMEOUT"},
 		{name: "bad drain", extra: map[string]string{"DRAIN_TIMEOUT": "soon"}, wantErr: "DRAIN_TIMEOUT"},
+		{name: "bad metrics port", extra: map[string]string{"METRICS_PROMETHEUS_PORT": "99999"}, wantErr: "METRICS_PROMETHEUS_PORT"},
 		{name: "bad depth", extra: map[string]string{"ACTIVATOR_QUEUE_DEPTH": "-1"}, wantErr: "ACTIVATOR_QUEUE_DEPTH"},
 	}
 	for _, tc := range tests {
