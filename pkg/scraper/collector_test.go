@@ -26,10 +26,15 @@ func TestWithCollector(t *testing.T) {
 		t.Fatalf("before a scrape: err = %v, want ErrNoData", err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if e.clock.HasWaiters() {
-			e.clock.Step(time.Second)
+	for !e.clock.HasWaiters() {
+		if time.Now().After(deadline) {
+			t.Fatal("scrape loop never waited on its ticker")
 		}
+		time.Sleep(time.Millisecond)
+	}
+	// One tick: exactly one scrape lands in this second's bucket.
+	e.clock.Step(time.Second)
+	for {
 		if st, _, err := c.StableAndPanicConcurrency(k, e.clock.Now()); err == nil {
 			if st != 8 {
 				t.Fatalf("stable concurrency = %v, want 8", st)

@@ -312,8 +312,10 @@ func TestMeshFallback(t *testing.T) {
 	for _, p := range pods {
 		direct += p.hits.Load()
 	}
-	if direct != 4 {
-		t.Fatalf("direct pod hits = %d, want 4", direct)
+	// Once one worker runs out of pods the others are cancelled, so not
+	// every pod need be hit.
+	if direct < 1 || direct > 4 {
+		t.Fatalf("direct pod hits = %d, want 1..4", direct)
 	}
 	// Sticky: the next scrape goes through the service only.
 	if _, err := s.Scrape(context.Background(), window); err != nil {
