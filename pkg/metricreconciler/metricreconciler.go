@@ -155,7 +155,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) er
 		return nil
 	}
 	want := m.DeepCopy()
-	SetStatus(&want.Status, r.collector.CreateOrUpdate(key, collector.ConfigFromMetric(m)))
+	cfg := collector.ConfigFromMetric(m)
+	if err := validWindows(cfg); err != nil {
+		// A hand-made Metric could ask for a window of years: one bucket per
+		// second would then take gigabytes. Refuse it instead.
+		r.collector.Delete(key)
+		SetStatus(&want.Status, err)
+	} else {
+		SetStatus(&want.Status, r.collector.CreateOrUpdate(key, cfg))
+	}
 	want.Status.ObservedGeneration = m.Generation
 	if equality.Semantic.DeepEqual(want.Status, m.Status) {
 		return nil
@@ -165,6 +173,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) er
 		return nil
 	}
 	return err
+}
+
+// MaxWindow is the longest stable window accepted, as the webhook's bound
+// on the window annotation.
+const MaxWindow = time.Hour
+
+func validWindows(c collector.Config) error {
+	if c.StableWindow <= 0 || c.StableWindow > MaxWindow || c.PanicWindow <= 0 || c.PanicWindow > c.StableWindow {
+		return fmt.Errorf("invalid windows: stable %v must be in (0, %v] and panic %v in (0, stable]",
+			c.StableWindow, MaxWindow, c.PanicWindow)
+	}
+	return nil
 }
 
 // SetStatus sets the Ready condition from the collection error. Retrying

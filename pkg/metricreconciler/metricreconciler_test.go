@@ -138,6 +138,39 @@ func TestReconcileStatus(t *testing.T) {
 	}
 }
 
+func TestReconcileInvalidWindows(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		stable, panic time.Duration
+	}{
+		{"zero stable", 0, time.Second},
+		{"huge stable", 100 * 365 * 24 * time.Hour, time.Second},
+		{"panic beyond stable", time.Minute, 2 * time.Minute},
+		{"negative panic", time.Minute, -time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			col := &fakeCollector{}
+			m := metric()
+			m.Spec.StableWindow, m.Spec.PanicWindow = tc.stable, tc.panic
+			r, client := setup(t, col, m)
+			if err := r.Reconcile(context.Background(), key); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := col.cfgs[key]; ok {
+				t.Fatal("collection created for invalid windows")
+			}
+			ups := statusUpdates(client)
+			if len(ups) != 1 {
+				t.Fatalf("status updates = %d", len(ups))
+			}
+			c := ups[0].Status.GetCondition(autoscalingv1alpha1.MetricConditionReady)
+			if c.Status != corev1.ConditionFalse || c.Reason != ReasonCollectionFailed {
+				t.Fatalf("Ready = %+v", c)
+			}
+		})
+	}
+}
+
 func TestReconcileDeleted(t *testing.T) {
 	col := &fakeCollector{}
 	r, client := setup(t, col)
