@@ -29,6 +29,10 @@ type env struct {
 	// DrainTimeout is how long the activator keeps serving after SIGTERM
 	// while readiness fails (DRAIN_TIMEOUT, upstream's 45s).
 	DrainTimeout time.Duration
+
+	// Fixed in production; tests move them to loopback.
+	http1Addr, h2cAddr string
+	autoscalerURL      string // "" → statsink.URL(SystemNamespace, ClusterDomain)
 }
 
 // loadEnv reads the environment through getenv; every invalid value is an error naming it.
@@ -40,6 +44,8 @@ func loadEnv(getenv func(string) string) (*env, error) {
 		ClusterDomain:           getenv("CLUSTER_DOMAIN"),
 		ConfigLoggingName:       getenv("CONFIG_LOGGING_NAME"),
 		ConfigObservabilityName: getenv("CONFIG_OBSERVABILITY_NAME"),
+		http1Addr:               ":8012",
+		h2cAddr:                 ":8013",
 	}
 	if e.PodName == "" {
 		return nil, fmt.Errorf("POD_NAME is required")

@@ -212,7 +212,11 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		Logger:         logger.Named("endpoints"),
 	})
 
-	sink := statsink.New(statsink.URL(e.SystemNamespace, e.ClusterDomain), statsink.Options{Registerer: reg}, clk, logger)
+	autoscalerURL := statsink.URL(e.SystemNamespace, e.ClusterDomain)
+	if e.autoscalerURL != "" {
+		autoscalerURL = e.autoscalerURL
+	}
+	sink := statsink.New(autoscalerURL, statsink.Options{Registerer: reg}, clk, logger)
 	reporter := concurrency.New(e.PodName, sink, clk, reg)
 
 	// Background owners: all stop with bgCtx, after the servers are down.
@@ -261,8 +265,8 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	handler := activator.NewHandler(hcfg)
 
 	servers := []namedServer{
-		{name: "http1", srv: dataServer(":8012", handler)},
-		{name: "h2c", srv: dataServer(":8013", handler)},
+		{name: "http1", srv: dataServer(e.http1Addr, handler)},
+		{name: "h2c", srv: dataServer(e.h2cAddr, handler)},
 		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg)},
 		{name: "profile", srv: observability.NewProfilingServer(":"+strconv.Itoa(e.ProfilingPort), profiling)},
 	}

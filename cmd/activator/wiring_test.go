@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/clock"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
+
+	"github.com/thaw-dev/thaw/pkg/endpoints"
+	"github.com/thaw-dev/thaw/pkg/observability"
+	"github.com/thaw-dev/thaw/pkg/statserver"
+	"github.com/thaw-dev/thaw/pkg/wire"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunActivatorWiring runs the real main wiring on loopback with fake
+// API clients: a Revision, its private Endpoints pointing at a pod that
+// answers the queue probe, and a real stat server. The request is proxied,
+// the stat server gets the poke, readiness holds although nothing else is
+// reachable, and cancelling the context (SIGTERM) drains and returns.
+func TestRunActivatorWiring(t *testing.T) {
+	pod := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("K-Network-Probe") == "queue" {
+			io.WriteString(w, "queue")
+			return
+		}
+		io.WriteString(w, "hello from "+r.Header.Get("K-Proxy-Request"))
+	}))
+	defer pod.Close()
+	podHost, podPortStr, _ := net.SplitHostPort(strings.TrimPrefix(pod.URL, "http://"))
+	podPort, _ := strconv.Atoi(podPortStr)
+
+	statLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats := make(chan wire.StatMessage, 100)
+	ss := statserver.New(statLis.Addr().String(), stats, statserver.Options{}, clock.RealClock{}, zap.NewNop().Sugar())
+	go ss.Serve(statLis)
+	defer ss.Shutdown(context.Background())
+
+	rev := &servingv1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "rev", UID: "uid-1",
+		Labels: map[string]string{"serving.knative.dev/service": "svc", "serving.knative.dev/configuration": "cfg"}}}
+	serving := servingfake.NewSimpleClientset(rev)
+	kube := kubefake.NewSimpleClientset(&corev1.Endpoints{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "rev-private", Labels: map[string]string{
+			endpoints.ServiceTypeLabel: "Private", endpoints.RevisionLabel: "rev", endpoints.RevisionUIDLabel: "uid-1"}},
+		Subsets: []corev1.EndpointSubset{{NotReadyAddresses: []corev1.EndpointAddress{{IP: podHost}},
+			Ports: []corev1.EndpointPort{{Name: "http", Port: int32(podPort)}}}},
+	})
+
+	e, err := loadEnv(func(k string) string {
+		return map[string]string{"POD_NAME": "activator-0", "POD_IP": "10.0.0.9", "DRAIN_TIMEOUT": "0s"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ClusterDomain = "cluster.local"
+	e.http1Addr, e.h2cAddr, e.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	e.ProfilingPort = 0
+	e.autoscalerURL = "ws://" + statLis.Addr().String()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runActivator(ctx, e, observability.Defaults(), kube, serving, endpoints.MeshDisabled, false,
+			zaptest.NewLogger(t).Sugar(), zap.NewAtomicLevel())
+	}()
+
+	base := "http://" + e.http1Addr
+	waitFor(t, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, base+"/healthz", nil)
+		req.Header.Set("User-Agent", "kube-probe/1.36")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+
+	req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
+	req.Host = "rev.ns.svc.cluster.local"
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "hello from activator" {
+		t.Fatalf("got %d %q", resp.StatusCode, b)
+	}
+	select {
+	case m := <-stats:
+		if m.Key.Name != "rev" || m.Stat.PodName != "activator-0" {
+			t.Fatalf("first stat %+v", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no stat reached the stat server")
+	}
+
+	resp, err = http.Get("http://" + e.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"http_server_request_duration_seconds_bucket", "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 1", "kn_revision_request_active"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("runActivator: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("runActivator did not return after SIGTERM")
+	}
+}
