@@ -42,6 +42,14 @@ func freeAddr(t *testing.T) string {
 // the stat server gets the poke, readiness holds although nothing else is
 // reachable, and cancelling the context (SIGTERM) drains and returns.
 func TestRunActivatorWiring(t *testing.T) {
+	for _, autoscalerUp := range []bool{true, false} {
+		t.Run("autoscaler up "+strconv.FormatBool(autoscalerUp), func(t *testing.T) { testWiring(t, autoscalerUp) })
+	}
+}
+
+// testWiring: with the autoscaler down (#6529) readiness and warm traffic
+// are unaffected; only the metric shows it.
+func testWiring(t *testing.T, autoscalerUp bool) {
 	pod := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("K-Network-Probe") == "queue" {
 			io.WriteString(w, "queue")
@@ -59,8 +67,12 @@ func TestRunActivatorWiring(t *testing.T) {
 	}
 	stats := make(chan wire.StatMessage, 100)
 	ss := statserver.New(statLis.Addr().String(), stats, statserver.Options{}, clock.RealClock{}, zap.NewNop().Sugar())
-	go ss.Serve(statLis)
-	defer ss.Shutdown(context.Background())
+	if autoscalerUp {
+		go ss.Serve(statLis)
+		defer ss.Shutdown(context.Background())
+	} else {
+		statLis.Close() // connections are refused
+	}
 
 	rev := &servingv1.Revision{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "rev", UID: "uid-1",
 		Labels: map[string]string{"serving.knative.dev/service": "svc", "serving.knative.dev/configuration": "cfg"}}}
@@ -114,13 +126,15 @@ func TestRunActivatorWiring(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != "hello from activator" {
 		t.Fatalf("got %d %q", resp.StatusCode, b)
 	}
-	select {
-	case m := <-stats:
-		if m.Key.Name != "rev" || m.Stat.PodName != "activator-0" {
-			t.Fatalf("first stat %+v", m)
+	if autoscalerUp {
+		select {
+		case m := <-stats:
+			if m.Key.Name != "rev" || m.Stat.PodName != "activator-0" {
+				t.Fatalf("first stat %+v", m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no stat reached the stat server")
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no stat reached the stat server")
 	}
 
 	resp, err = http.Get("http://" + e.MetricsAddr + "/metrics")
@@ -129,7 +143,11 @@ func TestRunActivatorWiring(t *testing.T) {
 	}
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"http_server_request_duration_seconds_bucket", "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 1", "kn_revision_request_active"} {
+	reachable := "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 1"
+	if !autoscalerUp {
+		reachable = "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 0"
+	}
+	for _, want := range []string{"http_server_request_duration_seconds_bucket", reachable, "kn_revision_request_active"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %s", want)
 		}
