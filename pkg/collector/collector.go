@@ -375,7 +375,11 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 			}
 		}
 		col.mu.Lock()
-		changed := !errors.Is(err, col.lastErr)
+		// Compare by text: scrapers wrap their errors afresh on every
+		// scrape, so identity would call a steady failure a change each
+		// second; the Metric status shows the text, so only a new text
+		// needs a refresh.
+		changed := errText(err) != errText(col.lastErr)
 		col.lastErr = err
 		if stat != (wire.Stat{}) {
 			col.record(c.clock.Now(),
@@ -387,6 +391,14 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 			(*fn)(key)
 		}
 	}
+}
+
+// errText is err's message, or "" for nil.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 var descDropped = prometheus.NewDesc("thaw_collector_stats_dropped_total",
