@@ -180,3 +180,38 @@ func TestImportIntoContainerd(t *testing.T) {
 		t.Error("import of a missing tarball: no error")
 	}
 }
+
+// TestBuildAllOnHost images the real binaries of an earlier build.Ensure and imports them into a
+// private containerd, printing the times. Opt-in: THAW_LAB_IMAGES=1.
+func TestBuildAllOnHost(t *testing.T) {
+	if os.Getenv("THAW_LAB_IMAGES") == "" {
+		t.Skip("set THAW_LAB_IMAGES=1")
+	}
+	ctrPath, address := startContainerd(t)
+	ctx := context.Background()
+	p, err := build.Ensure(ctx, build.Options{NoInstall: true, SkipTools: true, SkipLocal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	for _, pass := range []string{"cold", "warm"} {
+		start := time.Now()
+		refs, err := BuildAll(ctx, p, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		built := 0
+		for _, r := range refs {
+			if r.Built {
+				built++
+			}
+		}
+		t.Logf("%s BuildAll: %d images (%d built) in %s", pass, len(refs), built, time.Since(start).Round(time.Millisecond))
+		start = time.Now()
+		var log strings.Builder
+		if err := ImportAll(ctx, ctrPath, address, refs, &log); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s ImportAll in %s:\n%s", pass, time.Since(start).Round(time.Millisecond), log.String())
+	}
+}
