@@ -149,10 +149,17 @@ func waitQueued(t *testing.T, thr *throttler.Throttler, n int) {
 }
 
 // TestPodColdStart: requests wait while the only pod's app is down, and all
-// complete once queue-proxy's probe passes.
+// complete once queue-proxy's probe passes, also over a link with 150 ms of
+// round-trip time (upstream never completes past ~70 ms, #14202).
 func TestPodColdStart(t *testing.T) {
+	for _, rtt := range []time.Duration{0, 150 * time.Millisecond} {
+		t.Run(fmt.Sprintf("rtt %v", rtt), func(t *testing.T) { testPodColdStart(t, rtt) })
+	}
+}
+
+func testPodColdStart(t *testing.T, rtt time.Duration) {
 	net := podharness.NewNetwork(t)
-	pod := net.StartPod(t, podharness.PodOptions{DeferApp: true})
+	pod := net.StartPod(t, podharness.PodOptions{DeferApp: true, Delay: rtt / 2})
 	p := startPodPlane(t, 0, 0)
 	p.setPods(t, pod)
 
