@@ -238,7 +238,12 @@ func (c Config) kubeconfigFor(component string) string {
 	return filepath.Join(c.PKIDir(), component+".kubeconfig")
 }
 
+// writeFile writes content unless the file already holds it: kube-proxy exits when its config file
+// is written to, even with the same bytes, so a second `up` must leave it alone.
 func writeFile(path, content string) error {
+	if old, err := os.ReadFile(path); err == nil && string(old) == content {
+		return nil
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
