@@ -176,7 +176,8 @@ func TeardownNetwork(ctx context.Context, n Network) []error {
 	_, _ = proc.Run(ctx, "ip", "route", "del", n.ServiceCIDR, "dev", n.Bridge)
 	ents, _ := os.ReadDir("/sys/class/net/" + n.Bridge + "/brif")
 	for _, e := range ents {
-		if _, err := proc.Run(ctx, "ip", "link", "del", e.Name()); err != nil {
+		// A veth goes away by itself once its pod's namespace is gone.
+		if _, err := proc.Run(ctx, "ip", "link", "del", e.Name()); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 			errs = append(errs, err)
 		}
 	}
