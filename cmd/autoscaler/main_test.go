@@ -2,29 +2,120 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	fakekube "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	fakenet "knative.dev/networking/pkg/client/clientset/versioned/fake"
+	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
+	fakeserving "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
+	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
-// TestStatPath sends a stat over the websocket and sees it reach the
-// collector (as a stat of an unknown revision: nothing creates collections
-// in this build) through the metrics endpoint.
-func TestStatPath(t *testing.T) {
+const (
+	sysNS  = "knative-serving"
+	podIP  = "192.0.2.10" // never dialled: only the Lease holder identity
+	podNam = "autoscaler-0"
+)
+
+var rev = types.NamespacedName{Namespace: "ns", Name: "rev"}
+
+type okProber struct{}
+
+func (okProber) Probe(context.Context, string) (bool, error) { return true, nil }
+
+// scalePatches records /scale patches made through the dynamic client.
+type scalePatches struct {
+	mu      sync.Mutex
+	patches []string
+}
+
+func (s *scalePatches) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.patches...)
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWiring runs the whole process against fake API clients: it takes the
+// Lease, a KPA-class PA gets its SKS and Metric, a stat sent over the
+// websocket reaches the decider and shows as the PA's desiredScale, the
+// Deployment is scaled with an event, and SIGTERM-style shutdown releases
+// the Lease and closes the socket with 1012.
+func TestWiring(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	replicas := int32(1)
+	kube := fakekube.NewSimpleClientset(
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: rev.Namespace, Name: "rev-deployment"},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}},
+		// Short terms, as a lab would set them; the ConfigMap is honoured.
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: leaderElectionConfigName},
+			Data: map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}},
+	)
+	pa := &autoscalingv1alpha1.PodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: rev.Namespace, Name: rev.Name, UID: "pa-uid", Generation: 1,
+			Labels: map[string]string{"serving.knative.dev/revision": rev.Name,
+				"serving.knative.dev/service": "svc", "serving.knative.dev/configuration": "cfg"},
+			Annotations: map[string]string{asconfig.ClassAnnotationKey: asconfig.KPA},
+		},
+		Spec: autoscalingv1alpha1.PodAutoscalerSpec{
+			ScaleTargetRef: corev1.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "rev-deployment"},
+			ProtocolType:   "http1",
+		},
+	}
+	pa.Status.InitializeConditions()
+	serving := fakeserving.NewSimpleClientset(pa)
+	netc := fakenet.NewSimpleClientset()
+	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme())
+	sp := &scalePatches{}
+	dyn.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.PatchAction)
+		if p.GetSubresource() != "scale" {
+			return false, nil, nil
+		}
+		sp.mu.Lock()
+		sp.patches = append(sp.patches, p.GetName()+" "+string(p.GetPatch()))
+		sp.mu.Unlock()
+		return true, nil, nil
+	})
+
+	cfg := config{statsAddr: "127.0.0.1:0", metricsAddr: "127.0.0.1:0", ns: sysNS,
+		podName: podNam, podIP: podIP, loggingName: "config-logging", obsName: "config-observability",
+		shutdownTimeout: 5 * time.Second}
+	d := deps{Kube: kube, Serving: serving, Networking: netc, Dynamic: dyn, Prober: okProber{}}
 	ready := make(chan [2]string, 1)
 	done := make(chan error, 1)
-	cfg := config{statsAddr: "127.0.0.1:0", metricsAddr: "127.0.0.1:0", ns: "knative-serving",
-		kubeconfig: "testdata/missing-kubeconfig", shutdownTimeout: 5 * time.Second}
-	go func() { done <- run(ctx, cfg, ready, zaptest.NewLogger(t).Sugar()) }()
+	go func() { done <- run(ctx, cfg, d, ready, zaptest.NewLogger(t).Sugar(), zap.NewAtomicLevel()) }()
 	var addrs [2]string
 	select {
 	case addrs = <-ready:
@@ -32,30 +123,87 @@ func TestStatPath(t *testing.T) {
 		t.Fatalf("run ended early: %v", err)
 	}
 
+	// The Lease is taken under upstream's name and identity, with the
+	// ConfigMap's duration.
+	eventually(t, "Lease", func() bool {
+		l, err := kube.CoordinationV1().Leases(sysNS).Get(ctx, leaseName, metav1.GetOptions{})
+		return err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == podNam+"_"+podIP &&
+			l.Spec.LeaseDurationSeconds != nil && *l.Spec.LeaseDurationSeconds == 15
+	})
+
+	// The KPA reconciler creates the SKS; the controller (absent here)
+	// would give it a private service, which brings the Metric.
+	eventually(t, "SKS", func() bool {
+		_, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil
+	})
+	sks, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sks.Status.ServiceName = rev.Name
+	sks.Status.PrivateServiceName = rev.Name + "-private"
+	sks.Status.MarkEndpointsReady()
+	if _, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).UpdateStatus(ctx, sks, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Metric", func() bool {
+		m, err := serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && m.Spec.ScrapeTarget == rev.Name+"-private"
+	})
+	// The Metric reconciler made the collection once it wrote the status.
+	eventually(t, "Metric status", func() bool {
+		m, err := serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && m.Status.GetCondition("Ready") != nil
+	})
+
+	// An activator stat: 250 concurrent requests against the default
+	// target of 100 (70% utilisation) wants 4 pods.
 	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addrs[0]+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	frame := wire.MarshalMessages([]wire.StatMessage{{
-		Key:  types.NamespacedName{Namespace: "ns", Name: "rev"},
-		Stat: wire.Stat{PodName: "activator", AverageConcurrentRequests: 3, RequestCount: 5},
-	}})
-	if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-		t.Fatal(err)
+	{
+		frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev,
+			Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: 250, RequestCount: 250}}})
+		if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+			t.Fatal(err)
+		}
 	}
-
-	want := `thaw_collector_stats_dropped_total{reason="unknown_revision"} 1`
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		body := scrape(t, "http://"+addrs[1]+"/metrics")
-		if strings.Contains(body, want) {
-			break
+	var got *autoscalingv1alpha1.PodAutoscaler
+	eventually(t, "desiredScale from the stat", func() bool {
+		got, err = serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && got.Status.DesiredScale != nil && *got.Status.DesiredScale == 4
+	})
+	if got.Status.ServiceName != rev.Name || got.Status.MetricsServiceName != rev.Name+"-private" {
+		t.Errorf("status service names = %q, %q", got.Status.ServiceName, got.Status.MetricsServiceName)
+	}
+	eventually(t, "scale patch to 4", func() bool {
+		for _, p := range sp.list() {
+			if p == `rev-deployment [{"op":"add","path":"/spec/replicas","value":4}]` {
+				return true
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics never showed %q:\n%s", want, body)
+		return false
+	})
+	eventually(t, "ScaleTargetScaled event", func() bool {
+		evs, err := kube.CoreV1().Events(rev.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
+		for _, e := range evs.Items {
+			if e.Reason == "ScaleTargetScaled" && e.InvolvedObject.Name == rev.Name {
+				return true
+			}
+		}
+		return false
+	})
+	body := scrape(t, "http://"+addrs[1]+"/metrics")
+	for _, want := range []string{"kn_revision_pods_requested", "go_goroutines"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 
 	cancel()
@@ -64,13 +212,26 @@ func TestStatPath(t *testing.T) {
 		if err != nil {
 			t.Errorf("run = %v", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("run did not stop")
 	}
 	// The stat server said goodbye with 1012.
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, _, err := conn.ReadMessage(); !websocket.IsCloseError(err, 1012) {
-		t.Errorf("read after shutdown = %v, want close 1012", err)
+	for {
+		if _, _, err := conn.ReadMessage(); err != nil {
+			if !websocket.IsCloseError(err, 1012) {
+				t.Errorf("read after shutdown = %v, want close 1012", err)
+			}
+			break
+		}
+	}
+	// The Lease was released for the next replica.
+	l, err := kube.CoordinationV1().Leases(sysNS).Get(context.Background(), leaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := l.Spec.HolderIdentity; h != nil && *h != "" {
+		t.Errorf("Lease still held by %q after shutdown", *h)
 	}
 }
 
@@ -86,4 +247,89 @@ func scrape(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestCheckIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name, pod, ip string
+		wantErr       bool
+		loopback      bool
+	}{
+		{"routable", "as-0", "10.1.2.3", false, false},
+		{"ipv6", "as-0", "fd00::1", false, false},
+		{"no pod name", "", "10.1.2.3", true, false},
+		{"no IP", "as-0", "", true, false},
+		{"garbage", "as-0", "ten", true, false},
+		{"loopback v4", "as-0", "127.0.0.1", true, true},
+		{"loopback v6", "as-0", "::1", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkIdentity(config{podName: tc.pod, podIP: tc.ip})
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("checkIdentity = %v, want error %v", err, tc.wantErr)
+			}
+			if errors.Is(err, errLoopbackIP) != tc.loopback {
+				t.Errorf("checkIdentity = %v, loopback error %v", err, tc.loopback)
+			}
+		})
+	}
+}
+
+func TestNetConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		data    map[string]string
+		want    netConfig
+		wantErr bool
+	}{
+		{"defaults", nil, netConfig{MeshMode: "auto"}, false},
+		{"enabled", map[string]string{"mesh-compatibility-mode": "Enabled"}, netConfig{MeshMode: "enabled"}, false},
+		{"disabled passthrough", map[string]string{"mesh-compatibility-mode": "disabled",
+			"enable-mesh-pod-addressability": "true"}, netConfig{MeshMode: "disabled", Passthrough: true}, false},
+		{"bad mode", map[string]string{"mesh-compatibility-mode": "sometimes"}, netConfig{}, true},
+		{"bad bool", map[string]string{"enable-mesh-pod-addressability": "yes please"}, netConfig{}, true},
+		{"other keys ignored", map[string]string{"ingress-class": "x"}, netConfig{MeshMode: "auto"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := newNetConfigFromMap(tc.data)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+			if err == nil && *got != tc.want {
+				t.Errorf("got %+v, want %+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+func TestReadElectionTimes(t *testing.T) {
+	cm := func(data map[string]string) *corev1.ConfigMap {
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: leaderElectionConfigName}, Data: data}
+	}
+	for _, tc := range []struct {
+		name string
+		cm   *corev1.ConfigMap
+		want electionTimes
+	}{
+		{"missing", nil, defaultElectionTimes},
+		{"fast", cm(map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}),
+			electionTimes{15 * time.Second, 10 * time.Second, 2 * time.Second}},
+		{"legacy keys", cm(map[string]string{"leaseDuration": "20s", "renewDeadline": "10s", "retryPeriod": "2s"}),
+			electionTimes{20 * time.Second, 10 * time.Second, 2 * time.Second}},
+		{"unparsable", cm(map[string]string{"lease-duration": "soon"}), defaultElectionTimes},
+		{"renew beyond lease", cm(map[string]string{"lease-duration": "5s", "renew-deadline": "10s"}), defaultElectionTimes},
+		{"retry too long", cm(map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "9s"}), defaultElectionTimes},
+		{"buckets ignored", cm(map[string]string{"buckets": "3", "lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}),
+			electionTimes{15 * time.Second, 10 * time.Second, 2 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kube := fakekube.NewSimpleClientset()
+			if tc.cm != nil {
+				kube = fakekube.NewSimpleClientset(tc.cm)
+			}
+			if got := readElectionTimes(context.Background(), kube, sysNS, zaptest.NewLogger(t).Sugar()); got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
 }
