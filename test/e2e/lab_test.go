@@ -95,6 +95,7 @@ func TestColdStartThroughIngress(t *testing.T) {
 	if err := ksvc.WaitNoPods(ctx, lab.client, ns, "hello", 500*time.Millisecond, 2*time.Minute, nil); err != nil {
 		t.Fatalf("revision not at zero before the cold request: %v", err)
 	}
+	waitRoutable(t, "hello")
 	resp, err := httpClient().Get(ctx, ksvc.Host("hello", ns, stack.Domain), "/")
 	if err != nil {
 		t.Fatal(err)
@@ -103,10 +104,32 @@ func TestColdStartThroughIngress(t *testing.T) {
 		t.Fatalf("cold request: %d %q", resp.Status, resp.Body)
 	}
 	t.Logf("cold request through the ingress: %d in %s", resp.Status, resp.Duration.Round(time.Millisecond))
+	total, _, err := ksvc.PodCounts(ctx, lab.client, ns, "hello")
+	if err != nil || total == 0 {
+		t.Fatalf("no pod after the cold request: %d, %v", total, err)
+	}
+	coldStarted = true
+}
+
+// coldStarted records that hello has a pod to scale down.
+var coldStarted bool
+
+// waitRoutable waits for kube-proxy to program the ksvc's revision Services (the lab's ingress
+// reports Ready without probing; see ksvc.WaitRoutable), without sending a request.
+func waitRoutable(t *testing.T, name string) {
+	t.Helper()
+	t0 := time.Now()
+	if err := ksvc.WaitRoutable(context.Background(), lab.client, ns, name, host.ServiceProgrammed, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s routable %s after the wait started", name, time.Since(t0).Round(time.Millisecond))
 }
 
 func TestScaleToZero(t *testing.T) {
 	needLab(t, ns)
+	if !coldStarted {
+		t.Fatal("the cold start test did not leave a pod to scale down")
+	}
 	ctx := context.Background()
 	t0 := time.Now()
 	// Scale-down: no pod left that is not terminating (the queue-proxy drains ~30 s after that).
@@ -125,6 +148,9 @@ func TestScaleToZero(t *testing.T) {
 		t.Fatalf("scale to zero took %s", time.Since(t0))
 	}
 	t.Logf("revision scaled to zero %s after the cold request's test ended", time.Since(t0).Round(time.Second))
+	if time.Since(t0) < 5*time.Second {
+		t.Errorf("scaled to zero in %s, before the 6 s window could pass", time.Since(t0))
+	}
 }
 
 func activePods(ctx context.Context, t *testing.T, service string) int {
@@ -161,6 +187,7 @@ func TestTrafficSplit(t *testing.T) {
 	if rev != "split-v2" {
 		t.Fatalf("latest ready revision %q", rev)
 	}
+	waitRoutable(t, "split")
 	c := httpClient()
 	host := ksvc.Host("split", ns, stack.Domain)
 	counts := map[string]int{}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
+	labhost "github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
 )
@@ -58,6 +59,9 @@ func Run(ctx context.Context, s *stack.Stack, swapWanted bool, out io.Writer) er
 	// The first request must be cold: wait until no pod is left from an earlier run.
 	if err := ksvc.WaitNoPods(ctx, cl, ns, name, time.Second, 3*time.Minute, nil); err != nil {
 		return fmt.Errorf("waiting for %s to be at zero before the cold request: %w", name, err)
+	}
+	if err := ksvc.WaitRoutable(ctx, cl, ns, name, labhost.ServiceProgrammed, time.Minute); err != nil {
+		return err
 	}
 	host := ksvc.Host(name, ns, stack.Domain)
 	hc := ksvc.NewClient(s.IngressAddr(), 60*time.Second)

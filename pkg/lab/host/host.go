@@ -402,3 +402,25 @@ func splitRule(s string) []string {
 	}
 	return out
 }
+
+// ServiceProgrammed tells whether kube-proxy's iptables rules send clusterIP:port to endpoints (a
+// KUBE-SVC chain), from the nat table.
+func ServiceProgrammed(ctx context.Context, clusterIP string, port int32) (bool, error) {
+	out, err := proc.Run(ctx, "iptables-save", "-t", "nat")
+	if err != nil {
+		return false, err
+	}
+	return serviceInNat(out, clusterIP, port), nil
+}
+
+func serviceInNat(save, clusterIP string, port int32) bool {
+	dst := "-d " + clusterIP + "/32 "
+	dport := fmt.Sprintf("--dport %d ", port)
+	for _, line := range strings.Split(save, "\n") {
+		if strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, dst) &&
+			strings.Contains(line+" ", dport) && strings.Contains(line, "-j KUBE-SVC-") {
+			return true
+		}
+	}
+	return false
+}

@@ -86,3 +86,24 @@ func TestIptablesEntries(t *testing.T) {
 		t.Errorf("DROP policy not recorded: %q", e)
 	}
 }
+
+func TestServiceInNat(t *testing.T) {
+	nat := `-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "kube-system/kube-dns:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU
+-A KUBE-SERVICES -d 10.96.22.50/32 -p tcp -m comment --comment "x" -m tcp --dport 80 -j KUBE-SVC-HRISGKBZ3CUWHUQN
+-A KUBE-SERVICES -d 10.96.22.51/32 -p tcp -m tcp --dport 80 -j KUBE-EXT-X`
+	for _, tc := range []struct {
+		ip   string
+		port int32
+		want bool
+	}{
+		{"10.96.22.50", 80, true},
+		{"10.96.22.50", 8080, false},
+		{"10.96.0.1", 443, false},
+		{"10.96.22.51", 80, false},
+		{"10.96.0.10", 53, true},
+	} {
+		if got := serviceInNat(nat, tc.ip, tc.port); got != tc.want {
+			t.Errorf("serviceInNat(%s:%d) = %v", tc.ip, tc.port, got)
+		}
+	}
+}

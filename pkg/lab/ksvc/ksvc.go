@@ -160,3 +160,63 @@ func WaitNoPods(ctx context.Context, c *kube.Client, ns, service string, interva
 		return total == 0, nil
 	})
 }
+
+// TrafficRevisions returns the revisions a ksvc's status routes traffic to.
+func TrafficRevisions(ctx context.Context, c *kube.Client, ns, name string) ([]string, error) {
+	u, err := c.Dynamic.Resource(ServiceGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	traffic, _, _ := unstructured.NestedSlice(u.Object, "status", "traffic")
+	var out []string
+	for _, t := range traffic {
+		m, _ := t.(map[string]any)
+		if r, _ := m["revisionName"].(string); r != "" {
+			out = append(out, r)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("ksvc %s/%s routes no traffic yet", ns, name)
+	}
+	return out, nil
+}
+
+// ProgrammedFunc reports whether kube-proxy has programmed a ClusterIP:port with endpoints.
+type ProgrammedFunc func(ctx context.Context, clusterIP string, port int32) (bool, error)
+
+// WaitRoutable waits until kube-proxy has programmed the public Service of every revision the ksvc
+// routes to. The lab's ingress marks KIngresses ready without probing the data plane, so a ksvc can
+// be Ready a moment before its Services are reachable from the node; waiting here without sending a
+// request keeps the next request a cold start.
+func WaitRoutable(ctx context.Context, c *kube.Client, ns, name string, programmed ProgrammedFunc, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var pending string
+	err := kube.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+		revs, err := TrafficRevisions(ctx, c, ns, name)
+		if err != nil {
+			pending = err.Error()
+			return false, nil
+		}
+		for _, r := range revs {
+			svc, err := c.Kube.CoreV1().Services(ns).Get(ctx, r, metav1.GetOptions{})
+			if err != nil || len(svc.Spec.Ports) == 0 {
+				pending = "service " + r
+				return false, nil
+			}
+			ok, err := programmed(ctx, svc.Spec.ClusterIP, svc.Spec.Ports[0].Port)
+			if err != nil {
+				return false, err
+			}
+			if !ok {
+				pending = fmt.Sprintf("kube-proxy rules for %s (%s)", r, svc.Spec.ClusterIP)
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("ksvc %s/%s not routable: %w (waiting for %s)", ns, name, err, pending)
+	}
+	return nil
+}
