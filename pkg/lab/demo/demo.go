@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
 	labhost "github.com/thaw-dev/thaw/pkg/lab/host"
+	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
 )
