@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -65,26 +67,52 @@ func main() {
 	cfg.loggingName = envOr("CONFIG_LOGGING_NAME", "config-logging")
 	cfg.obsName = envOr("CONFIG_OBSERVABILITY_NAME", "config-observability")
 
-	// The level is live (config-logging); the encoder is production JSON.
-	logger, level := pkglogging.NewLogger("", "info")
-	logger = logger.Named(component)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	deps, err := buildDeps(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "autoscaler: Kubernetes clients:", err)
+		os.Exit(1)
+	}
+	// The logger is built from config-logging as it is at startup, as
+	// upstream's; afterwards only its level follows the ConfigMap.
+	logger, level := newLogger(ctx, deps.Kube, cfg)
 	defer func() { _ = logger.Sync() }()
-
 	if err := checkIdentity(cfg); err != nil {
 		logger.Errorw("Refusing to start", zap.Error(err))
 		os.Exit(1)
 	}
-	deps, err := buildDeps(cfg)
-	if err != nil {
-		logger.Errorw("Kubernetes clients", zap.Error(err))
-		os.Exit(1)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	if err := run(ctx, cfg, deps, nil, logger, level); err != nil {
 		logger.Errorw("Autoscaler failed", zap.Error(err))
 		os.Exit(1)
 	}
+}
+
+// newLogger builds the logger from config-logging (zap-logger-config and
+// loglevel.autoscaler); without it, or when it is unreadable, production
+// JSON at info.
+func newLogger(ctx context.Context, kube kubernetes.Interface, cfg config) (*zap.SugaredLogger, zap.AtomicLevel) {
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cm, getErr := kube.CoreV1().ConfigMaps(cfg.ns).Get(gctx, cfg.loggingName, metav1.GetOptions{})
+	var (
+		lc       *pkglogging.Config
+		parseErr error
+	)
+	if getErr == nil {
+		lc, parseErr = pkglogging.NewConfigFromConfigMap(cm)
+	}
+	if getErr != nil || parseErr != nil {
+		logger, level := pkglogging.NewLogger("", "info")
+		logger = logger.Named(component)
+		if getErr != nil && !apierrors.IsNotFound(getErr) {
+			logger.Warnw("Cannot read the logging ConfigMap; logging at info", "configmap", cfg.loggingName, zap.Error(getErr))
+		} else if parseErr != nil {
+			logger.Errorw("Invalid logging ConfigMap; logging at info", "configmap", cfg.loggingName, zap.Error(parseErr))
+		}
+		return logger, level
+	}
+	return pkglogging.NewLoggerFromConfig(lc, component)
 }
 
 // checkIdentity validates the Lease holder identity <POD_NAME>_<POD_IP>:

@@ -7,14 +7,18 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -64,64 +68,136 @@ func eventually(t *testing.T, what string, f func() bool) {
 	}
 }
 
+// harness is a running process against fake API clients.
+type harness struct {
+	kube    *fakekube.Clientset
+	serving *fakeserving.Clientset
+	net     *fakenet.Clientset
+	scales  *scalePatches
+	addrs   [2]string // stat server, metrics
+	cancel  context.CancelFunc
+	done    chan error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// stop ends run as SIGTERM would and returns its result.
+func (h *harness) stop(t *testing.T) error {
+	h.stopOnce.Do(func() {
+		h.cancel()
+		select {
+		case h.stopErr = <-h.done:
+		case <-time.After(15 * time.Second):
+			t.Error("run did not stop")
+			h.stopErr = errors.New("run did not stop")
+		}
+	})
+	return h.stopErr
+}
+
+func newPA(name string) *autoscalingv1alpha1.PodAutoscaler {
+	pa := &autoscalingv1alpha1.PodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: rev.Namespace, Name: name, UID: types.UID(name + "-uid"), Generation: 1,
+			Labels: map[string]string{"serving.knative.dev/revision": name,
+				"serving.knative.dev/service": "svc", "serving.knative.dev/configuration": "cfg"},
+			Annotations: map[string]string{asconfig.ClassAnnotationKey: asconfig.KPA},
+		},
+		Spec: autoscalingv1alpha1.PodAutoscalerSpec{
+			ScaleTargetRef: corev1.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: name + "-deployment"},
+			ProtocolType:   "http1",
+		},
+	}
+	pa.Status.InitializeConditions()
+	return pa
+}
+
+// start runs the process with config-leader-election data le and one
+// KPA-class PA (rev) with its Deployment.
+func start(t *testing.T, le map[string]string) *harness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	replicas := int32(1)
+	h := &harness{
+		kube: fakekube.NewSimpleClientset(
+			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: rev.Namespace, Name: "rev-deployment"},
+				Spec: appsv1.DeploymentSpec{Replicas: &replicas}},
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: leaderElectionConfigName}, Data: le},
+		),
+		serving: fakeserving.NewSimpleClientset(newPA(rev.Name)),
+		net:     fakenet.NewSimpleClientset(),
+		scales:  &scalePatches{},
+		cancel:  cancel,
+		done:    make(chan error, 1),
+	}
+	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme())
+	dyn.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.PatchAction)
+		if p.GetSubresource() != "scale" {
+			return false, nil, nil
+		}
+		h.scales.mu.Lock()
+		h.scales.patches = append(h.scales.patches, p.GetName()+" "+string(p.GetPatch()))
+		h.scales.mu.Unlock()
+		return true, nil, nil
+	})
+	cfg := config{statsAddr: "127.0.0.1:0", metricsAddr: "127.0.0.1:0", ns: sysNS,
+		podName: podNam, podIP: podIP, loggingName: "config-logging", obsName: "config-observability",
+		shutdownTimeout: 5 * time.Second}
+	d := deps{Kube: h.kube, Serving: h.serving, Networking: h.net, Dynamic: dyn, Prober: okProber{}}
+	ready := make(chan [2]string, 1)
+	go func() { h.done <- run(ctx, cfg, d, ready, zaptest.NewLogger(t).Sugar(), zap.NewAtomicLevel()) }()
+	t.Cleanup(func() { _ = h.stop(t) })
+	select {
+	case h.addrs = <-ready:
+	case err := <-h.done:
+		h.done <- err
+		t.Fatalf("run ended early: %v", err)
+	}
+	return h
+}
+
+// holder is the Lease's holder identity ("" when free or absent).
+func (h *harness) holder(t *testing.T) string {
+	l, err := h.kube.CoordinationV1().Leases(sysNS).Get(context.Background(), leaseName, metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// sksFor waits for the SKS of PA name and gives it the services the
+// controller (absent here) would.
+func (h *harness) sksFor(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	skss := h.net.NetworkingV1alpha1().ServerlessServices(rev.Namespace)
+	eventually(t, "SKS "+name, func() bool {
+		_, err := skss.Get(ctx, name, metav1.GetOptions{})
+		return err == nil
+	})
+	sks, err := skss.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sks.Status.ServiceName = name
+	sks.Status.PrivateServiceName = name + "-private"
+	sks.Status.MarkEndpointsReady()
+	if _, err := skss.UpdateStatus(ctx, sks, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestWiring runs the whole process against fake API clients: it takes the
 // Lease, a KPA-class PA gets its SKS and Metric, a stat sent over the
 // websocket reaches the decider and shows as the PA's desiredScale, the
 // Deployment is scaled with an event, and SIGTERM-style shutdown releases
 // the Lease and closes the socket with 1012.
 func TestWiring(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-
-	replicas := int32(1)
-	kube := fakekube.NewSimpleClientset(
-		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: rev.Namespace, Name: "rev-deployment"},
-			Spec: appsv1.DeploymentSpec{Replicas: &replicas}},
-		// Short terms, as a lab would set them; the ConfigMap is honoured.
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: leaderElectionConfigName},
-			Data: map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}},
-	)
-	pa := &autoscalingv1alpha1.PodAutoscaler{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: rev.Namespace, Name: rev.Name, UID: "pa-uid", Generation: 1,
-			Labels: map[string]string{"serving.knative.dev/revision": rev.Name,
-				"serving.knative.dev/service": "svc", "serving.knative.dev/configuration": "cfg"},
-			Annotations: map[string]string{asconfig.ClassAnnotationKey: asconfig.KPA},
-		},
-		Spec: autoscalingv1alpha1.PodAutoscalerSpec{
-			ScaleTargetRef: corev1.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "rev-deployment"},
-			ProtocolType:   "http1",
-		},
-	}
-	pa.Status.InitializeConditions()
-	serving := fakeserving.NewSimpleClientset(pa)
-	netc := fakenet.NewSimpleClientset()
-	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme())
-	sp := &scalePatches{}
-	dyn.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		p := a.(k8stesting.PatchAction)
-		if p.GetSubresource() != "scale" {
-			return false, nil, nil
-		}
-		sp.mu.Lock()
-		sp.patches = append(sp.patches, p.GetName()+" "+string(p.GetPatch()))
-		sp.mu.Unlock()
-		return true, nil, nil
-	})
-
-	cfg := config{statsAddr: "127.0.0.1:0", metricsAddr: "127.0.0.1:0", ns: sysNS,
-		podName: podNam, podIP: podIP, loggingName: "config-logging", obsName: "config-observability",
-		shutdownTimeout: 5 * time.Second}
-	d := deps{Kube: kube, Serving: serving, Networking: netc, Dynamic: dyn, Prober: okProber{}}
-	ready := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, d, ready, zaptest.NewLogger(t).Sugar(), zap.NewAtomicLevel()) }()
-	var addrs [2]string
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("run ended early: %v", err)
-	}
+	ctx := context.Background()
+	// Short terms, as a lab would set them; the ConfigMap is honoured.
+	h := start(t, map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"})
+	kube, serving, sp, addrs := h.kube, h.serving, h.scales, h.addrs
 
 	// The Lease is taken under upstream's name and identity, with the
 	// ConfigMap's duration.
@@ -133,20 +209,7 @@ func TestWiring(t *testing.T) {
 
 	// The KPA reconciler creates the SKS; the controller (absent here)
 	// would give it a private service, which brings the Metric.
-	eventually(t, "SKS", func() bool {
-		_, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		return err == nil
-	})
-	sks, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sks.Status.ServiceName = rev.Name
-	sks.Status.PrivateServiceName = rev.Name + "-private"
-	sks.Status.MarkEndpointsReady()
-	if _, err := netc.NetworkingV1alpha1().ServerlessServices(rev.Namespace).UpdateStatus(ctx, sks, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	h.sksFor(t, ctx, rev.Name)
 	eventually(t, "Metric", func() bool {
 		m, err := serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
 		return err == nil && m.Spec.ScrapeTarget == rev.Name+"-private"
@@ -206,14 +269,8 @@ func TestWiring(t *testing.T) {
 		}
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run = %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not stop")
+	if err := h.stop(t); err != nil {
+		t.Errorf("run = %v", err)
 	}
 	// The stat server said goodbye with 1012.
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -329,6 +386,98 @@ func TestReadElectionTimes(t *testing.T) {
 			}
 			if got := readElectionTimes(context.Background(), kube, sysNS, zaptest.NewLogger(t).Sugar()); got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestLeaseLost: when another replica takes the Lease, this one stops
+// reconciling and counts the stats it cannot use; once the Lease is free
+// again it leads a fresh term whose reconcilers work.
+func TestLeaseLost(t *testing.T) {
+	ctx := context.Background()
+	h := start(t, map[string]string{"lease-duration": "2s", "renew-deadline": "1s", "retry-period": "200ms"})
+	self := podNam + "_" + podIP
+	eventually(t, "Lease taken", func() bool { return h.holder(t) == self })
+	h.sksFor(t, ctx, rev.Name)
+
+	// Another replica takes the Lease (and then never renews it). The fake
+	// clientset does not check resource versions, so the conflict a real
+	// API server gives our stale renewals is injected until we lost.
+	var stolen atomic.Bool
+	stolen.Store(true)
+	h.kube.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		l := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+		if stolen.Load() && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == self {
+			return true, nil, apierrors.NewConflict(coordinationv1.Resource("leases"), l.Name, errors.New("stale"))
+		}
+		return false, nil, nil
+	})
+	leases := h.kube.CoordinationV1().Leases(sysNS)
+	l, err := leases.Get(ctx, leaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "autoscaler-1_192.0.2.11"
+	now := metav1.NewMicroTime(time.Now())
+	l.Spec.HolderIdentity, l.Spec.AcquireTime, l.Spec.RenewTime = &other, &now, &now
+	if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+h.addrs[0]+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev, Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: 1}}})
+	eventually(t, "stats counted as not leading", func() bool {
+		if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+			t.Fatal(err)
+		}
+		body := scrape(t, "http://"+h.addrs[1]+"/metrics")
+		return strings.Contains(body, "thaw_autoscaler_stats_not_leading_total") &&
+			!strings.Contains(body, "thaw_autoscaler_stats_not_leading_total 0\n")
+	})
+
+	stolen.Store(false)
+	// The other replica's Lease expires; this one leads again, with working
+	// reconcilers.
+	eventually(t, "Lease taken back", func() bool { return h.holder(t) == self })
+	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Create(ctx, newPA("rev2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.sksFor(t, ctx, "rev2")
+	eventually(t, "Metric of rev2", func() bool {
+		_, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, "rev2", metav1.GetOptions{})
+		return err == nil
+	})
+	if err := h.stop(t); err != nil {
+		t.Errorf("run = %v", err)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data map[string]string // nil: no ConfigMap
+		want zapcore.Level
+	}{
+		{"no ConfigMap", nil, zapcore.InfoLevel},
+		{"component level", map[string]string{"loglevel.autoscaler": "debug"}, zapcore.DebugLevel},
+		{"other component", map[string]string{"loglevel.activator": "debug"}, zapcore.InfoLevel},
+		{"zap config level", map[string]string{"zap-logger-config": `{"level":"warn","encoding":"json","outputPaths":["stderr"]}`}, zapcore.WarnLevel},
+		{"garbage", map[string]string{"loglevel.autoscaler": "loud"}, zapcore.InfoLevel},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kube := fakekube.NewSimpleClientset()
+			if tc.data != nil {
+				kube = fakekube.NewSimpleClientset(&corev1.ConfigMap{
+					ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: "config-logging"}, Data: tc.data})
+			}
+			_, level := newLogger(context.Background(), kube, config{ns: sysNS, loggingName: "config-logging"})
+			if got := level.Level(); got != tc.want {
+				t.Errorf("level = %v, want %v", got, tc.want)
 			}
 		})
 	}
