@@ -168,9 +168,17 @@ func isDialError(err error) bool {
 // body that was never read is kept open (the server closes the real one when
 // the handler returns); once read, Close passes through so a reader blocked
 // on a slow client is released.
+//
+// It also ends a body of known length itself, once all of it was read. The
+// transport reads once more after Content-Length bytes to check for excess,
+// and the HTTP/1 server closes the request body as soon as the response
+// headers go out: a pod that answers right after reading the body makes that
+// extra read fail, and the transport then kills the connection in the middle
+// of relaying the response (seen with a plain httputil.ReverseProxy too).
 type trackedBody struct {
-	rc   io.ReadCloser
-	read atomic.Bool
+	rc        io.ReadCloser
+	remaining int64 // bytes still expected; -1 when the length is unknown
+	read      atomic.Bool
 }
 
 func trackBody(r *http.Request) *trackedBody {
@@ -180,7 +188,11 @@ func trackBody(r *http.Request) *trackedBody {
 	if r.Body == nil || r.Body == http.NoBody {
 		return &trackedBody{}
 	}
-	tb := &trackedBody{rc: r.Body}
+	remaining := r.ContentLength
+	if remaining < 0 {
+		remaining = -1
+	}
+	tb := &trackedBody{rc: r.Body, remaining: remaining}
 	r.Body = tb
 	return tb
 }
@@ -189,7 +201,20 @@ func (b *trackedBody) started() bool { return b.read.Load() }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	b.read.Store(true)
-	return b.rc.Read(p)
+	if b.remaining == 0 {
+		return 0, io.EOF
+	}
+	if b.remaining > 0 && int64(len(p)) > b.remaining {
+		p = p[:b.remaining]
+	}
+	n, err := b.rc.Read(p)
+	if b.remaining > 0 {
+		b.remaining -= int64(n)
+		if b.remaining == 0 && err == nil {
+			err = io.EOF
+		}
+	}
+	return n, err
 }
 
 func (b *trackedBody) Close() error {
