@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -77,14 +76,11 @@ func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLeve
 // observabilityHandler applies config-observability: runtime-profiling
 // toggles pprof on the profiling port. Prometheus is always served on the
 // metrics port, whatever metrics-protocol says.
-func observabilityHandler(name string, prof *observability.Profiling, protocol *atomic.Pointer[string], logger *zap.SugaredLogger) cmHandler {
+func observabilityHandler(name string, prof *observability.Profiling, logger *zap.SugaredLogger) cmHandler {
 	apply := func(c *observability.Config) {
 		prof.SetEnabled(c.RuntimeProfiling)
-		p := c.MetricsProtocol
-		if old := protocol.Swap(&p); old == nil || *old != p {
-			logger.Infow("config-observability applied; Prometheus stays on the metrics port",
-				"metrics-protocol", p, "runtime-profiling", c.RuntimeProfiling)
-		}
+		logger.Infow("config-observability applied; Prometheus stays on the metrics port",
+			"metrics-protocol", c.MetricsProtocol, "runtime-profiling", c.RuntimeProfiling)
 	}
 	return cmHandler{
 		name: name,

@@ -262,6 +262,16 @@ func TestWiring(t *testing.T) {
 		}
 		return false
 	})
+	// config-autoscaler is live: a max-scale of 2 caps the PA at once.
+	if _, err := kube.CoreV1().ConfigMaps(sysNS).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: sysNS, Name: asconfig.ConfigName},
+		Data:       map[string]string{asconfig.KeyMaxScale: "2"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "desiredScale capped by the new max-scale", func() bool {
+		got, err = serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && got.Status.DesiredScale != nil && *got.Status.DesiredScale == 2
+	})
 	body := scrape(t, "http://"+addrs[1]+"/metrics")
 	for _, want := range []string{"kn_revision_pods_requested", "go_goroutines"} {
 		if !strings.Contains(body, want) {

@@ -96,13 +96,15 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 	a.asStore.OnChange(func(*asconfig.Config) { a.resyncAll() })
 	a.depStore.OnChange(func(*asconfig.DeploymentConfig) { a.resyncAll() })
 	prof := observability.NewProfiling(false)
-	var protocol atomic.Pointer[string]
 	watchCtx, stopWatches := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatches()
 	for _, h := range []asconfig.ConfigMapHandler{a.asStore, a.depStore, a.netStore,
 		loggingHandler(cfg.loggingName, logger, level),
-		observabilityHandler(cfg.obsName, prof, &protocol, logger)} {
+		observabilityHandler(cfg.obsName, prof, logger)} {
 		if err := watchUntil(ctx, watchCtx, d.Kube, cfg.ns, h); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped before the API server answered
+			}
 			return err
 		}
 	}
@@ -118,7 +120,6 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 	}
 	broadcaster := record.NewBroadcaster(record.WithContext(watchCtx))
 	defer broadcaster.Shutdown()
-	broadcaster.StartStructuredLogging(4)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: d.Kube.CoreV1().Events("")})
 	a.recorder = broadcaster.NewRecorder(scheme, corev1.EventSource{Component: component})
 
