@@ -235,13 +235,15 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 	stopTerms()
 	el.waitTerms()
 	stopElection()
-	sctx, scancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
-	defer scancel()
+	// The release is bounded on its own, so that an unreachable API server
+	// does not eat the servers' shutdown time.
 	select {
 	case <-electDone:
-	case <-sctx.Done():
+	case <-time.After(cfg.shutdownTimeout):
 		logger.Warn("Lease release did not finish in time")
 	}
+	sctx, scancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer scancel()
 	if err := ss.Shutdown(sctx); err != nil {
 		logger.Warnw("Stat server shutdown", zap.Error(err))
 	}
