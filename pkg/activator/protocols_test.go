@@ -3,12 +3,14 @@ package activator
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,7 +158,7 @@ func TestWebsocketThroughActivator(t *testing.T) {
 	}))
 	act, _, _ := activatorServer(t, []string{addr(backend)}, func(c *Config) {
 		info := testInfo()
-		info.IdleTimeout = time.Millisecond // must not apply to an upgraded connection
+		info.IdleTimeout = 300 * time.Millisecond // must not apply once the connection is upgraded
 		c.Revisions = fakeRevisions{testRev: info}
 	})
 	hdr := http.Header{}
@@ -167,8 +169,10 @@ func TestWebsocketThroughActivator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for _, m := range []string{"one", "two", "three"} {
-		time.Sleep(5 * time.Millisecond) // longer than the idle timeout
+	for i, m := range []string{"one", "two"} {
+		if i > 0 {
+			time.Sleep(400 * time.Millisecond) // longer than the idle timeout
+		}
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if err := c.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
 			t.Fatal(err)
@@ -234,9 +238,7 @@ func TestFullDuplexHTTP1(t *testing.T) {
 }
 
 func TestRetryOnRefusedConnection(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := l.Addr().String()
-	l.Close()
+	dead := refusedAddr(t)
 	backend := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		io.WriteString(w, "ok:"+string(b))
@@ -282,9 +284,7 @@ func TestNoRetryAfterRequestReachedPod(t *testing.T) {
 }
 
 func TestAllPodsRefused(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := l.Addr().String()
-	l.Close()
+	dead := refusedAddr(t)
 	act, _, _ := activatorServer(t, []string{dead}, nil)
 	req, _ := http.NewRequest(http.MethodGet, act.URL, nil)
 	resp, err := http.DefaultClient.Do(withRev(req))
@@ -295,4 +295,23 @@ func TestAllPodsRefused(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("got %d, want 502", resp.StatusCode)
 	}
+}
+
+// refusedAddr returns a loopback address that refuses connections: a socket
+// bound to it but not listening holds the port for the test.
+func refusedAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
