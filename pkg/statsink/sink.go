@@ -222,11 +222,12 @@ func (s *Sink) Run(ctx context.Context) {
 			s.logger.Info("Autoscaler connection established")
 		}
 		everConnected = true
-		s.connected.Store(true)
+		// The gauge moves before the flag, so whoever sees the flag sees it.
 		s.reachable.Set(1)
+		s.connected.Store(true)
 		err = s.serve(ctx, conn)
-		s.connected.Store(false)
 		s.reachable.Set(0)
+		s.connected.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
