@@ -120,6 +120,9 @@ func (s *Stack) logf(format string, args ...any) {
 // Up brings the whole lab up and returns once the node is Ready and CoreDNS and Knative are available.
 func (s *Stack) Up(ctx context.Context) error {
 	t0 := time.Now()
+	if s.Opts.Swap && len(s.Paths.ThawSkipped) > 0 {
+		return fmt.Errorf("--swap: Thaw's components are not built: %v", s.Paths.ThawSkipped)
+	}
 	var refs []images.ImageRef
 	if !s.Opts.SkipBuild {
 		var err error
