@@ -52,12 +52,20 @@ func run(m *testing.M) int {
 		return 1
 	}
 	lab.repo = repo
-	lab.before = host.Take(ctx)
 	cache, err := build.DefaultCacheDir()
 	if err != nil {
 		fmt.Println("e2e:", err)
 		return 1
 	}
+	// The host comparison needs the state before any lab: tear down one that is running or was left
+	// behind.
+	if old := stack.OpenExisting(ctx, stack.Options{Cache: cache, Repo: repo}); old.Lab.Active() {
+		fmt.Println("e2e: tearing down the lab that is already there")
+		if err := old.Down(ctx); err != nil {
+			fmt.Println("e2e: teardown of the old lab:", err)
+		}
+	}
+	lab.before = host.Take(ctx)
 	// The ingress daemon is `thaw lab ingress`: build the command (the test binary is not it).
 	thaw := filepath.Join(cache, "lab-e2e", "thaw")
 	cmd := exec.Command("go", "build", "-o", thaw, "./cmd/thaw")

@@ -72,6 +72,14 @@ func (l *Lab) StartNode(ctx context.Context, importImages ImportFunc) error {
 	if err := l.checkTools(); err != nil {
 		return err
 	}
+	if l.Stale() {
+		// A lab whose daemons were killed without `down` (a reboot, a killed session) left mounts,
+		// the bridge and chains behind: restore the host first, so the baseline stays the true one.
+		l.logf("cleaning up a lab left behind without `down`")
+		if err := l.Down(ctx); err != nil {
+			l.logf("cleanup of the old lab: %v", err)
+		}
+	}
 	for _, d := range []string{c.Dir, c.RunDir(), c.LogDir(), c.PidDir(), c.ConfDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -157,6 +165,25 @@ func (l *Lab) StartNode(ctx context.Context, importImages ImportFunc) error {
 	}
 	l.logf("node %s Ready (%s)", c.NodeName, since(t0))
 	return nil
+}
+
+// Stale reports a lab that changed the host (its state file exists) but none of whose daemons runs.
+func (l *Lab) Stale() bool {
+	if _, err := os.Stat(l.Cfg.StateFile()); err != nil {
+		return false
+	}
+	for _, d := range Daemons {
+		if _, ok := l.Procs.Alive(d); ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Active reports whether the lab changed the host and has not been torn down.
+func (l *Lab) Active() bool {
+	_, err := os.Stat(l.Cfg.StateFile())
+	return err == nil
 }
 
 // Client returns a client with the admin kubeconfig.
