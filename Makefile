@@ -36,15 +36,20 @@ test-fuzz:
 	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) ./$$spec; \
 	  done; done
 
+# The lab suite: brings the lab cluster up once (building what is missing), runs, tears down (root).
+test-e2e:
+	$(GO) test -tags e2e -count=1 -v -timeout 40m ./test/e2e/
+
 # Every test tier that exists.
-test: lint test-pod test-fuzz
+test: lint test-pod test-fuzz test-e2e
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./perf/... | tee $(BIN)/bench.txt
 
-run: build
-	@echo "make run: runs the autoscaler against the cluster in \$$KUBECONFIG (the lab is not wired in yet)"
-	$(BIN)/autoscaler --kubeconfig="$${KUBECONFIG:?set KUBECONFIG}"
+# The lab with Thaw swapped in, helloworld-go cold-started and scaled back to zero; the lab stays up.
+run:
+	$(GO) build -o $(BIN)/thaw ./cmd/thaw
+	$(BIN)/thaw lab demo
 
 clean:
 	rm -rf $(BIN)
