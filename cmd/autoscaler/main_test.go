@@ -450,13 +450,16 @@ func TestLeaseLost(t *testing.T) {
 			!strings.Contains(body, "thaw_autoscaler_stats_not_leading_total 0\n")
 	})
 
+	// A PA created while another replica leads is picked up when this one leads
+	// again. (Created before the new term lists: the fake clientset's watches can
+	// miss objects created between an informer's list and its watch.)
+	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Create(ctx, newPA("rev2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	stolen.Store(false)
 	// The other replica's Lease expires; this one leads again, with working
 	// reconcilers.
 	eventually(t, "Lease taken back", func() bool { return h.holder(t) == self })
-	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Create(ctx, newPA("rev2"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	h.sksFor(t, ctx, "rev2")
 	eventually(t, "Metric of rev2", func() bool {
 		_, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, "rev2", metav1.GetOptions{})
