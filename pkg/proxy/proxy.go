@@ -79,7 +79,7 @@ type Target struct {
 // Serve never retries by itself: a request that reached a pod is never sent
 // twice.
 func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, t Target) error {
-	body := trackBody(r)
+	body := TrackBody(r)
 	a := attempt{p: p, dest: t.Dest, host: t.PassthroughHost, body: body}
 	a.rp.Rewrite = a.rewrite
 	a.rp.ErrorHandler = a.handleError
@@ -100,7 +100,7 @@ type attempt struct {
 	p       *Proxy
 	dest    string
 	host    string
-	body    *trackedBody
+	body    *TrackedBody
 	notSent error
 }
 
@@ -148,7 +148,7 @@ func (a *attempt) handleError(w http.ResponseWriter, r *http.Request, err error)
 		a.p.logger.Debugw("Proxy attempt cancelled", "dest", a.dest, zap.Error(err))
 		return
 	}
-	if isDialError(err) && !a.body.started() {
+	if IsDialError(err) && !a.body.Started() {
 		a.notSent = fmt.Errorf("%w: %s: %w", ErrNotSent, a.dest, err)
 		return
 	}
@@ -156,14 +156,15 @@ func (a *attempt) handleError(w http.ResponseWriter, r *http.Request, err error)
 	http.Error(w, err.Error(), http.StatusBadGateway)
 }
 
-// isDialError reports whether err happened while connecting, before the
-// request was written.
-func isDialError(err error) bool {
+// IsDialError reports whether err happened while connecting, before the
+// request was written (refused, unreachable, dial timeout). Together with
+// TrackedBody.Started it tells whether a failed attempt may be sent again.
+func IsDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// trackedBody lets a request body survive a failed attempt: the transport
+// TrackedBody lets a request body survive a failed attempt: the transport
 // closes the body on every error, which would make a retry impossible. A
 // body that was never read is kept open (the server closes the real one when
 // the handler returns); once read, Close passes through so a reader blocked
@@ -175,31 +176,34 @@ func isDialError(err error) bool {
 // headers go out: a pod that answers right after reading the body makes that
 // extra read fail, and the transport then kills the connection in the middle
 // of relaying the response (seen with a plain httputil.ReverseProxy too).
-type trackedBody struct {
+type TrackedBody struct {
 	rc        io.ReadCloser
 	remaining int64 // bytes still expected; -1 when the length is unknown
 	read      atomic.Bool
 }
 
-func trackBody(r *http.Request) *trackedBody {
-	if tb, ok := r.Body.(*trackedBody); ok {
+// TrackBody wraps r.Body in a TrackedBody (once; a tracked body is returned
+// as is). Call it before handing r to a reverse proxy.
+func TrackBody(r *http.Request) *TrackedBody {
+	if tb, ok := r.Body.(*TrackedBody); ok {
 		return tb
 	}
 	if r.Body == nil || r.Body == http.NoBody {
-		return &trackedBody{}
+		return &TrackedBody{}
 	}
 	remaining := r.ContentLength
 	if remaining < 0 {
 		remaining = -1
 	}
-	tb := &trackedBody{rc: r.Body, remaining: remaining}
+	tb := &TrackedBody{rc: r.Body, remaining: remaining}
 	r.Body = tb
 	return tb
 }
 
-func (b *trackedBody) started() bool { return b.read.Load() }
+// Started reports whether any of the body was read, i.e. may have been sent.
+func (b *TrackedBody) Started() bool { return b.read.Load() }
 
-func (b *trackedBody) Read(p []byte) (int, error) {
+func (b *TrackedBody) Read(p []byte) (int, error) {
 	b.read.Store(true)
 	if b.remaining == 0 {
 		return 0, io.EOF
@@ -217,7 +221,7 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *trackedBody) Close() error {
+func (b *TrackedBody) Close() error {
 	if b.read.Load() {
 		return b.rc.Close()
 	}
