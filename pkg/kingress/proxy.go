@@ -13,11 +13,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/proxy"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/utils/clock"
 )
 
 // maxSelfHops bounds how often a request may loop back into this proxy
@@ -40,7 +42,16 @@ type ProxyOptions struct {
 	IntN func(n int) int
 	// Logger receives one line per failed request.
 	Logger *zap.SugaredLogger
+	// Clock paces dial retries; defaults to the real clock.
+	Clock clock.Clock
+	// DialRetryBudget bounds how long a request that could not connect is
+	// retried (a retry starts only within it); 0 means DefaultDialRetryBudget.
+	DialRetryBudget time.Duration
 }
+
+// DefaultDialRetryBudget covers the second or so kube-proxy may take to
+// program a new Service after its revision became Ready.
+const DefaultDialRetryBudget = 5 * time.Second
 
 // Proxy is the ingress data plane: an http.Handler routing by Host, path and
 // headers to weighted splits, over a route table swapped atomically.
@@ -50,6 +61,9 @@ type Proxy struct {
 	self     map[string]bool
 	intn     func(int) int
 	logger   *zap.SugaredLogger
+	// clk and retryBudget pace re-sending requests that could not connect.
+	clk         clock.Clock
+	retryBudget time.Duration
 
 	http1 *httputil.ReverseProxy
 	h2c   *httputil.ReverseProxy
@@ -72,6 +86,15 @@ func NewProxy(opts ProxyOptions) *Proxy {
 	}
 	p.self = selfSet(opts.SelfDomains)
 	p.table.Store(NewTable(nil))
+
+	p.clk = opts.Clock
+	if p.clk == nil {
+		p.clk = clock.RealClock{}
+	}
+	p.retryBudget = opts.DialRetryBudget
+	if p.retryBudget <= 0 {
+		p.retryBudget = DefaultDialRetryBudget
+	}
 
 	t1 := newTransport()
 	t2 := newTransport()
@@ -104,6 +127,13 @@ type target struct {
 	addr        string
 	rewriteHost string
 	headers     []map[string]string
+
+	// body, start and wait let ErrorHandler decide whether a failed attempt
+	// may be sent again; it then sets notSent and writes nothing.
+	body    *proxy.TrackedBody
+	start   time.Time
+	wait    time.Duration
+	notSent error
 }
 
 type targetKey struct{}
@@ -138,10 +168,28 @@ func (p *Proxy) newReverseProxy(t *http.Transport, flush time.Duration) *httputi
 				w.WriteHeader(499)
 				return
 			}
+			tg := r.Context().Value(targetKey{}).(*target)
+			if notSent(tg.body, err) && p.clk.Since(tg.start)+tg.wait <= p.retryBudget {
+				tg.notSent = err
+				return
+			}
 			p.logger.Warnw("kingress: backend request failed", "host", r.Host, "path", r.URL.Path, zap.Error(err))
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}
+}
+
+// Backoff between attempts that could not connect.
+const (
+	retryInitialWait = 50 * time.Millisecond
+	retryMaxWait     = 500 * time.Millisecond
+)
+
+// notSent reports whether a failed attempt never sent anything, so that
+// sending the request again cannot duplicate it: the dial failed (refused,
+// no route to host, timeout) and no byte of the body was read.
+func notSent(body *proxy.TrackedBody, err error) bool {
+	return proxy.IsDialError(err) && !body.Started()
 }
 
 // Publish swaps in a new route table.
@@ -193,12 +241,43 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if path.AppendHeaders != nil {
 		tg.headers = append(tg.headers, path.AppendHeaders)
 	}
+	// The tracked body tells whether a failed attempt sent anything, and
+	// ends a body of known length itself (see proxy.TrackedBody for the
+	// standard library race that otherwise truncates responses).
+	tg.body = proxy.TrackBody(r)
 	r = r.WithContext(context.WithValue(r.Context(), targetKey{}, tg))
+	rp := p.http1
 	if be.h2c {
-		p.h2c.ServeHTTP(w, r)
-		return
+		rp = p.h2c
 	}
-	p.http1.ServeHTTP(w, r)
+	p.forward(w, r, rp, tg)
+}
+
+// forward sends r to tg, again after a short backoff while the dial fails
+// before anything was sent: right after a revision becomes Ready, kube-proxy
+// may program its ClusterIP a second later, and dials in that gap fail
+// (refused, no route to host). Retries start only within the retry budget
+// and end with the request's context.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rp *httputil.ReverseProxy, tg *target) {
+	tg.start = p.clk.Now()
+	tg.wait = retryInitialWait
+	for {
+		tg.notSent = nil
+		rp.ServeHTTP(w, r)
+		if tg.notSent == nil {
+			return
+		}
+		p.logger.Debugw("kingress: backend not reachable yet, retrying", "host", r.Host, "addr", tg.addr, "wait", tg.wait, zap.Error(tg.notSent))
+		t := p.clk.NewTimer(tg.wait)
+		select {
+		case <-r.Context().Done():
+			t.Stop()
+			w.WriteHeader(499)
+			return
+		case <-t.C():
+		}
+		tg.wait = min(2*tg.wait, retryMaxWait)
+	}
 }
 
 // serveSelf re-routes a request whose split points back at this ingress,

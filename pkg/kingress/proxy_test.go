@@ -71,7 +71,16 @@ func lister(t *testing.T, svcs ...*corev1.Service) (corelisters.ServiceLister, c
 
 func newTestProxy(t *testing.T, svcs corelisters.ServiceLister, intn func(int) int, ings ...*v1alpha1.Ingress) (*Proxy, *httptest.Server) {
 	t.Helper()
-	p := NewProxy(ProxyOptions{Services: svcs, SelfDomains: []string{selfDomain}, IntN: intn, Logger: zaptest.NewLogger(t).Sugar()})
+	return newTestProxyWith(t, ProxyOptions{Services: svcs, IntN: intn}, ings...)
+}
+
+// newTestProxyWith serves ings through a proxy built from opts (self domain
+// and logger filled in).
+func newTestProxyWith(t *testing.T, opts ProxyOptions, ings ...*v1alpha1.Ingress) (*Proxy, *httptest.Server) {
+	t.Helper()
+	opts.SelfDomains = []string{selfDomain}
+	opts.Logger = zaptest.NewLogger(t).Sugar()
+	p := NewProxy(opts)
 	var all []Rule
 	for _, ing := range ings {
 		rules, err := Translate(ing)
@@ -379,20 +388,6 @@ func TestProxyRewriteHostThroughSelf(t *testing.T) {
 	}
 	if code, body := get(t, front, "loop.example.com", "/", nil); code != http.StatusLoopDetected {
 		t.Errorf("self loop: %d %q, want 508", code, body)
-	}
-}
-
-func TestProxyBackendDown(t *testing.T) {
-	dead := httptest.NewServer(http.NotFoundHandler())
-	svc := serviceFor(t, "ns", "dead", "http", dead)
-	dead.Close() // its port now refuses connections
-	svcs, _ := lister(t, svc)
-	ing := ingress("ns", "r", rule("", []string{"dead.example.com"}, v1alpha1.HTTPIngressPath{
-		Splits: []v1alpha1.IngressBackendSplit{split("ns", "dead", servicePort(t, svc), 100)},
-	}))
-	_, front := newTestProxy(t, svcs, nil, ing)
-	if code, _ := get(t, front, "dead.example.com", "/", nil); code != http.StatusBadGateway {
-		t.Errorf("dead backend: %d, want 502", code)
 	}
 }
 
