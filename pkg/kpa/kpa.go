@@ -437,15 +437,21 @@ func (r *Reconciler) reconcileDecider(pa *autoscalingv1alpha1.PodAutoscaler, s *
 func (r *Reconciler) reconcileSKS(ctx context.Context, pa *autoscalingv1alpha1.PodAutoscaler,
 	mode nv1alpha1.ServerlessServiceOperationMode, num int32) (*nv1alpha1.ServerlessService, error) {
 	want := MakeSKS(pa, mode, num)
+	client := r.d.NetworkingClient.NetworkingV1alpha1().ServerlessServices(pa.Namespace)
 	sks, err := r.sksLister.ServerlessServices(pa.Namespace).Get(pa.Name)
-	switch {
-	case apierrors.IsNotFound(err):
-		created, err := r.d.NetworkingClient.NetworkingV1alpha1().ServerlessServices(pa.Namespace).Create(ctx, want,
-			metav1.CreateOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("creating SKS %s: %w", pa.Name, err)
+	if apierrors.IsNotFound(err) {
+		created, cerr := client.Create(ctx, want, metav1.CreateOptions{})
+		if cerr == nil {
+			return created, nil
 		}
-		return created, nil
+		if !apierrors.IsAlreadyExists(cerr) {
+			return nil, fmt.Errorf("creating SKS %s: %w", pa.Name, cerr)
+		}
+		// The informer has not seen our earlier create yet: carry on with
+		// the API's copy rather than failing and requeueing.
+		sks, err = client.Get(ctx, pa.Name, metav1.GetOptions{})
+	}
+	switch {
 	case err != nil:
 		return nil, fmt.Errorf("getting SKS %s: %w", pa.Name, err)
 	case !metav1.IsControlledBy(sks, pa):
@@ -454,8 +460,7 @@ func (r *Reconciler) reconcileSKS(ctx context.Context, pa *autoscalingv1alpha1.P
 	case !equality.Semantic.DeepEqual(want.Spec, sks.Spec):
 		upd := sks.DeepCopy()
 		upd.Spec = want.Spec
-		out, err := r.d.NetworkingClient.NetworkingV1alpha1().ServerlessServices(pa.Namespace).Update(ctx, upd,
-			metav1.UpdateOptions{})
+		out, err := client.Update(ctx, upd, metav1.UpdateOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("updating SKS %s: %w", pa.Name, err)
 		}
@@ -465,13 +470,21 @@ func (r *Reconciler) reconcileSKS(ctx context.Context, pa *autoscalingv1alpha1.P
 }
 
 func (r *Reconciler) reconcileMetric(ctx context.Context, pa *autoscalingv1alpha1.PodAutoscaler, want *autoscalingv1alpha1.Metric) error {
+	client := r.d.ServingClient.AutoscalingV1alpha1().Metrics(pa.Namespace)
 	m, err := r.mLister.Metrics(pa.Namespace).Get(pa.Name)
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err := r.d.ServingClient.AutoscalingV1alpha1().Metrics(pa.Namespace).Create(ctx, want, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("creating metric: %w", err)
+	if apierrors.IsNotFound(err) {
+		_, cerr := client.Create(ctx, want, metav1.CreateOptions{})
+		if cerr == nil {
+			return nil
 		}
+		if !apierrors.IsAlreadyExists(cerr) {
+			return fmt.Errorf("creating metric: %w", cerr)
+		}
+		// The informer has not seen our earlier create yet: carry on with
+		// the API's copy rather than failing and requeueing.
+		m, err = client.Get(ctx, pa.Name, metav1.GetOptions{})
+	}
+	switch {
 	case err != nil:
 		return fmt.Errorf("getting metric: %w", err)
 	case !metav1.IsControlledBy(m, pa):
@@ -480,8 +493,7 @@ func (r *Reconciler) reconcileMetric(ctx context.Context, pa *autoscalingv1alpha
 	case !equality.Semantic.DeepEqual(want.Spec, m.Spec):
 		upd := m.DeepCopy()
 		upd.Spec = want.Spec
-		if _, err := r.d.ServingClient.AutoscalingV1alpha1().Metrics(pa.Namespace).Update(ctx, upd,
-			metav1.UpdateOptions{}); err != nil {
+		if _, err := client.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("updating metric: %w", err)
 		}
 	}
