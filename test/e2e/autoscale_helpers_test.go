@@ -389,10 +389,16 @@ func checkLoadSLO(t *testing.T, what string, st *loadStats, slo float64) {
 	}
 }
 
-// autoscaleUpToNumPods is upstream's AssertAutoscaleUpToNumPods (quick mode): load at
-// targetPods×target (concurrency or rps), then the ready pods must never drop below a rising floor and
-// reach targetPods within [targetPods, ceil(ceil(targetPods/TU)·1.1)] before done.
+// autoscaleUpToNumPods is upstream's AssertAutoscaleUpToNumPods in quick mode.
 func (s *asSvc) autoscaleUpToNumPods(curPods, targetPods float64, metric string, within time.Duration) {
+	s.t.Helper()
+	s.assertUpToNumPods(curPods, targetPods, metric, within, true)
+}
+
+// assertUpToNumPods is upstream's AssertAutoscaleUpToNumPods: load at targetPods×target (concurrency or
+// rps); the ready pods must never drop below a rising floor, and reach [targetPods,
+// ceil(ceil(targetPods/TU)·1.1)] (quick), or be within [targetPods−1, that] when within ends.
+func (s *asSvc) assertUpToNumPods(curPods, targetPods float64, metric string, within time.Duration, quick bool) {
 	s.t.Helper()
 	minPods := math.Floor(curPods/s.utilization) - 1
 	maxPods := math.Ceil(math.Ceil(targetPods/s.utilization) * 1.1)
@@ -402,7 +408,7 @@ func (s *asSvc) autoscaleUpToNumPods(curPods, targetPods float64, metric string,
 	} else {
 		g = fixedConcurrency(s.host, sleepPath(asSleepMs), int(targetPods*s.target))
 	}
-	err := s.checkPodScale(targetPods, minPods, maxPods, within, true)
+	err := s.checkPodScale(targetPods, minPods, maxPods, within, quick)
 	st := g.stop()
 	checkLoadSLO(s.t, fmt.Sprintf("%s load %v→%v pods", s.name, curPods, targetPods), st, successRateSLO)
 	if err != nil {
