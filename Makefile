@@ -43,8 +43,19 @@ test-e2e:
 # Every test tier that exists.
 test: lint test-pod test-fuzz test-e2e
 
+# Thaw-vs-upstream benchmark pairs (tag upstreambench builds upstream's Throttler in), compared by
+# benchstat, impl=thaw vs impl=upstream. The throttler's pairs are top-level benchmarks (ThawTry,
+# UpstreamThrottlerTry), renamed to Try/impl=*/... for the comparison; bench.txt keeps the raw output,
+# including the benchmarks without a pair.
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./perf/... | tee $(BIN)/bench.txt
+	mkdir -p $(BIN)
+	set -o pipefail; $(GO) test -tags upstreambench -run='^$$' -bench=. -benchmem -count=6 \
+	  ./perf/core ./pkg/throttler | tee $(BIN)/bench.txt
+	sed -e 's#^BenchmarkThawTry/#BenchmarkTry/impl=thaw/#' \
+	  -e 's#^BenchmarkUpstreamThrottlerTry/#BenchmarkTry/impl=upstream/#' \
+	  $(BIN)/bench.txt > $(BIN)/bench-impl.txt
+	set -o pipefail; $(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da \
+	  -filter '/impl:(thaw OR upstream)' -col /impl $(BIN)/bench-impl.txt | tee $(BIN)/bench-report.txt
 
 # The lab with Thaw swapped in, helloworld-go cold-started and scaled back to zero; the lab stays up.
 run:
