@@ -17,7 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 )
 
-// testColdStartLatency measures, over THAW_E2E_COLDSTARTS cold starts spread over 4 services, the
+// testColdStartLatency measures, over THAW_E2E_COLDSTARTS cold starts spread over
+// THAW_E2E_COLDSTART_SERVICES services at once (default 4; 1 measures without contention), the
 // time from sending the first request to the Deployment's spec.replicas leaving 0 (upstream's
 // deployment-updated-latency, seen from the host through a watch), and the cold request's duration.
 func testColdStartLatency(t *testing.T) {
@@ -25,7 +26,10 @@ func testColdStartLatency(t *testing.T) {
 	if err != nil || n <= 0 {
 		t.Skip("THAW_E2E_COLDSTARTS unset")
 	}
-	const services = 4
+	services := 4
+	if v, err := strconv.Atoi(os.Getenv("THAW_E2E_COLDSTART_SERVICES")); err == nil && v > 0 {
+		services = v
+	}
 	var (
 		mu              sync.Mutex
 		scaled, request []time.Duration
