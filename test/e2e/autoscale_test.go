@@ -52,6 +52,15 @@ func TestAutoscale(t *testing.T) {
 	needLab(t, ns)
 	ctx := context.Background()
 	which, im := components(t)
+	// Put upstream's back for the tests that follow, also after a failed swap.
+	t.Cleanup(func() {
+		up := stack.UpstreamImages()
+		if err := lab.stack.Swap(context.Background(), up); err != nil {
+			t.Errorf("restoring upstream's components: %v", err)
+		} else if err := waitAutoscalerLeads(context.Background(), up["autoscaler"]); err != nil {
+			t.Error(err)
+		}
+	})
 	t0 := time.Now()
 	if err := lab.stack.Swap(ctx, im); err != nil {
 		t.Fatal(err)
@@ -61,11 +70,6 @@ func TestAutoscale(t *testing.T) {
 	if err := waitAutoscalerLeads(ctx, im["autoscaler"]); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := lab.stack.Swap(context.Background(), stack.UpstreamImages()); err != nil {
-			t.Errorf("restoring upstream's components: %v", err)
-		}
-	})
 	t.Logf("autoscale scenarios with %s's activator and autoscaler (%s, swapped in and leading in %s)", which, im, time.Since(t0).Round(time.Millisecond))
 	long := os.Getenv("THAW_E2E_LONG") == "1"
 	waves := [][]scenario{
