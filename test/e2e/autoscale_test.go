@@ -14,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
 	"github.com/thaw-dev/thaw/pkg/lab/swap"
 )
@@ -208,22 +209,29 @@ func testMinScale(t *testing.T) {
 	}
 }
 
-// testInitialScale: initial-scale 3 starts at 3 ready pods, then scales below without traffic.
+// testInitialScale: initial-scale 3 starts at 3 pods, then scales below without traffic. As upstream's
+// TestInitScalePositive, terminating pods count at Ready time: without traffic the autoscaler may
+// scale down as soon as the scale target is initialised, before the ksvc reports Ready.
 func testInitialScale(t *testing.T) {
 	s := setupAutoscaleSvc(t, svcName(t), asOptions{skipProbe: true, annotations: map[string]string{
 		"autoscaling.knative.dev/initial-scale": "3",
 		"autoscaling.knative.dev/window":        "6s",
 	}})
-	ctx := context.Background()
-	if got, _, err := s.readyPods(ctx); err != nil || got != 3 {
-		t.Fatalf("%v ready pods once Ready, want 3 (%v)", got, err)
+	pods, err := lab.client.Kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{
+		LabelSelector: "serving.knative.dev/service=" + s.name, FieldSelector: "status.phase!=Pending"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(pods.Items); n != 3 {
+		t.Fatalf("%d started pods once Ready, want 3", n)
 	}
 	last, err := poll(90*time.Second, time.Second, func(ctx context.Context) (bool, string) {
-		d, err := s.deployment(ctx)
+		total, _, err := ksvc.PodCounts(ctx, lab.client, ns, s.name)
 		if err != nil {
 			return false, err.Error()
 		}
-		return deref32(d.Spec.Replicas) < 3, fmt.Sprintf("spec.replicas %d", deref32(d.Spec.Replicas))
+		live := activePods(ctx, t, s.name)
+		return live < 3, fmt.Sprintf("%d pods, %d not terminating", total, live)
 	})
 	if err != nil {
 		t.Fatalf("initial-scale 3 never scaled below 3: %s", last)
