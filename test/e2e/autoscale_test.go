@@ -175,9 +175,15 @@ func testFastScaleToZero(t *testing.T) {
 	}})
 	t0 := time.Now()
 	const grace = 6 * time.Second // the suite's scale-to-zero-grace-period
-	last, err := poll(grace+15*time.Second, time.Second, func(ctx context.Context) (bool, string) {
+	// An EndpointSlice not yet populated is empty too: first see the pod in it.
+	seen := false
+	last, err := poll(grace+15*time.Second, 250*time.Millisecond, func(ctx context.Context) (bool, string) {
 		a, err := readyAddresses(ctx, ns, s.rev+"-private")
-		return err == nil && len(a) == 0, fmt.Sprint(a, err)
+		if err == nil && len(a) > 0 && !seen {
+			seen = true
+			t.Logf("pod in the private endpoints %s after the first request", time.Since(t0).Round(time.Millisecond))
+		}
+		return err == nil && seen && len(a) == 0, fmt.Sprint(a, err)
 	})
 	if err != nil {
 		t.Fatalf("private endpoints of %s not empty within %s: %s", s.rev, grace+15*time.Second, last)
