@@ -62,6 +62,7 @@ type fakePod struct {
 	handler http.HandlerFunc
 	hits    atomic.Int64
 	addr    string
+	srv     *httptest.Server // nil when the address refuses connections
 }
 
 func statHandler(s wire.Stat) http.HandlerFunc {
@@ -121,6 +122,7 @@ func (e *env) add(t *testing.T, p *fakePod) {
 			p.handler(w, r)
 		}))
 		t.Cleanup(srv.Close)
+		p.srv = srv
 		p.addr = strings.TrimPrefix(srv.URL, "http://")
 	} else {
 		// A closed listener: connection refused.
@@ -308,8 +310,13 @@ func TestMeshFallback(t *testing.T) {
 	if st.AverageConcurrentRequests != 20 {
 		t.Fatalf("conc = %v, want 20", st.AverageConcurrentRequests)
 	}
+	// Cancelled scrapes may still reach a pod after Scrape returned: close the
+	// pods (Close waits for their handlers) before counting. A scraper that
+	// was not sticky would now meet refused connections, which never fall
+	// back, so the second Scrape below would fail.
 	direct := int64(0)
 	for _, p := range pods {
+		p.srv.Close()
 		direct += p.hits.Load()
 	}
 	// Once one worker runs out of pods the others are cancelled, so not
