@@ -38,6 +38,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/decider"
 	"github.com/thaw-dev/thaw/pkg/multiscaler"
+	"github.com/thaw-dev/thaw/pkg/workloop"
 )
 
 // Label keys.
@@ -244,36 +245,11 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 		return errors.New("kpa: informers did not sync")
 	}
 	r.probes.start(ctx)
-	done := make(chan struct{})
-	for range workers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for r.processNext(ctx) {
-			}
-		}()
-	}
-	<-ctx.Done()
-	r.queue.ShutDown()
-	for range workers {
-		<-done
-	}
+	workloop.Run(ctx, r.queue, workers, r.Reconcile, func(key types.NamespacedName, err error) {
+		r.d.Logger.Warnw("PodAutoscaler reconcile failed; retrying", "key", key.String(), zap.Error(err))
+	})
 	r.probes.wait()
 	return nil
-}
-
-func (r *Reconciler) processNext(ctx context.Context) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	if err := r.Reconcile(ctx, key); err != nil {
-		r.d.Logger.Warnw("PodAutoscaler reconcile failed; retrying", "key", key.String(), zap.Error(err))
-		r.queue.AddRateLimited(key)
-		return true
-	}
-	r.queue.Forget(key)
-	return true
 }
 
 // Reconcile reconciles the PA key.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/collector"
 	"github.com/thaw-dev/thaw/pkg/scraper"
+	"github.com/thaw-dev/thaw/pkg/workloop"
 )
 
 // Condition reasons, as upstream's.
@@ -107,35 +108,10 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 	if !cache.WaitForCacheSync(ctx.Done(), r.synced) {
 		return errors.New("metric informer did not sync")
 	}
-	done := make(chan struct{})
-	for range workers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for r.processNext(ctx) {
-			}
-		}()
-	}
-	<-ctx.Done()
-	r.queue.ShutDown()
-	for range workers {
-		<-done
-	}
-	return nil
-}
-
-func (r *Reconciler) processNext(ctx context.Context) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	if err := r.Reconcile(ctx, key); err != nil {
+	workloop.Run(ctx, r.queue, workers, r.Reconcile, func(key types.NamespacedName, err error) {
 		r.logger.Warnw("Metric reconcile failed; retrying", "key", key.String(), zap.Error(err))
-		r.queue.AddRateLimited(key)
-		return true
-	}
-	r.queue.Forget(key)
-	return true
+	})
+	return nil
 }
 
 // Reconcile brings the collection of key in line with its Metric.
