@@ -20,6 +20,7 @@ import (
 	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	"knative.dev/serving/pkg/autoscaler/metrics"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
@@ -297,13 +298,7 @@ func TestScrapeLoop(t *testing.T) {
 // true; the clock itself never advances here.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, "condition", cond)
 }
 
 func TestConcurrentUse(t *testing.T) {

@@ -12,12 +12,13 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	clientgotesting "k8s.io/client-go/testing"
 	"knative.dev/networking/pkg/apis/networking/v1alpha1"
 	netfake "knative.dev/networking/pkg/client/clientset/versioned/fake"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 // watchStarted makes the fake's watches signal once they are established,
@@ -39,11 +40,7 @@ func watchStarted(f *clientgotesting.Fake, tracker clientgotesting.ObjectTracker
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil })
-	if err != nil {
-		t.Fatalf("timed out waiting for %s", what)
-	}
+	testutil.Eventually(t, what, cond)
 }
 
 func TestRunEndToEnd(t *testing.T) {

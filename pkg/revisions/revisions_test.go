@@ -16,6 +16,8 @@ import (
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"knative.dev/serving/pkg/client/clientset/versioned/fake"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 func rev(ns, name string, mut ...func(*servingv1.Revision)) *servingv1.Revision {
@@ -175,13 +177,7 @@ func (e *events) counts() (int, int) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, what, cond)
 }
 
 func TestStore(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 var rev = types.NamespacedName{Namespace: "ns", Name: "rev"}
@@ -57,13 +59,7 @@ const waitLimit = 10 * time.Second
 // waitFor yields until cond holds; it never sleeps.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		runtime.Gosched()
-	}
+	testutil.Eventually(t, what, cond)
 }
 
 func waitQueued(t *testing.T, th *Throttler, r types.NamespacedName, n int) {
