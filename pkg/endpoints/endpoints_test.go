@@ -263,7 +263,10 @@ func TestMeshModes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, Options{MeshMode: tc.mode}, revInfo())
+			// The probe timeout runs on the fake clock, which the second-round loop
+			// below steps while a real probe may still be in flight: keep it out of
+			// reach so a slow loopback answer is never mistaken for "no answer".
+			e := newEnv(t, Options{MeshMode: tc.mode, ProbeTimeout: time.Hour}, revInfo())
 			p, svc := newPod(t, tc.podMode), newPod(t, "pass")
 			if _, err := e.kube.CoreV1().Services("ns").Create(e.ctx, privateService(testRev, svc.dest()), metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
