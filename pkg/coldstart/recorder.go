@@ -1,0 +1,170 @@
+package coldstart
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// RecorderOptions configure a Recorder; zero values take the defaults.
+type RecorderOptions struct {
+	// Ring receives completed records (NewRing(DefaultRingSize) if nil).
+	Ring *Ring
+	// Registerer receives thaw_autoscaler_coldstart_phase_seconds; nil
+	// leaves it unregistered.
+	Registerer prometheus.Registerer
+	// TracerProvider, when set, gets a "coldstart" span per cold start.
+	TracerProvider trace.TracerProvider
+	MaxAge         time.Duration
+	MaxOpen        int
+}
+
+// Recorder follows the autoscaler's side of cold starts: a record opens
+// when a poke is accepted for a revision at desired scale 0, notes the
+// first decision above 0, and completes when the /scale patch from 0
+// returns OK; completed records go to the Ring. At most one record per
+// revision is open; it is dropped when the revision's PA is deleted or
+// after MaxAge. Methods are safe for concurrent use; times are passed in by
+// the callers, which own the clock.
+type Recorder struct {
+	opts   RecorderOptions
+	hist   *prometheus.HistogramVec
+	tracer trace.Tracer
+
+	mu   sync.Mutex
+	open map[types.NamespacedName]*scaleStart
+}
+
+type scaleStart struct {
+	rec  ScaleRecord
+	span trace.Span
+}
+
+// NewRecorder returns a Recorder.
+func NewRecorder(opts RecorderOptions) *Recorder {
+	if opts.Ring == nil {
+		opts.Ring = NewRing(DefaultRingSize)
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultMaxAge
+	}
+	if opts.MaxOpen <= 0 {
+		opts.MaxOpen = DefaultMaxOpen
+	}
+	r := &Recorder{
+		opts: opts,
+		hist: newHistogram("autoscaler", opts.Registerer),
+		open: map[types.NamespacedName]*scaleStart{},
+	}
+	if opts.TracerProvider != nil {
+		r.tracer = opts.TracerProvider.Tracer(tracerInstrumentor)
+	}
+	return r
+}
+
+// Ring returns the ring of completed records.
+func (r *Recorder) Ring() *Ring { return r.opts.Ring }
+
+// PokeReceived opens a record for key: a poke received at at was accepted
+// while its desired scale was 0. An open record keeps its earlier poke.
+func (r *Recorder) PokeReceived(key types.NamespacedName, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.open[key]; s != nil {
+		if at.Sub(s.rec.PokeReceived) <= r.opts.MaxAge {
+			return
+		}
+		r.dropLocked(key, s, "expired")
+	}
+	if len(r.open) >= r.opts.MaxOpen {
+		for k, s := range r.open {
+			if at.Sub(s.rec.PokeReceived) > r.opts.MaxAge {
+				r.dropLocked(k, s, "expired")
+			}
+		}
+		if len(r.open) >= r.opts.MaxOpen {
+			return
+		}
+	}
+	s := &scaleStart{rec: ScaleRecord{Namespace: key.Namespace, Revision: key.Name, PokeReceived: at}}
+	if r.tracer != nil {
+		_, s.span = r.tracer.Start(context.Background(), spanName, trace.WithTimestamp(at), trace.WithAttributes(
+			attribute.String("kn.revision.name", key.Name),
+			attribute.String("k8s.namespace.name", key.Namespace),
+		))
+		s.span.AddEvent(EventPokeReceived, trace.WithTimestamp(at))
+	}
+	r.open[key] = s
+}
+
+// Decided notes a decision for key at at; the first one above 0 of an
+// open record counts.
+func (r *Recorder) Decided(key types.NamespacedName, at time.Time, desired int32) {
+	if desired <= 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.open[key]
+	if s == nil || !s.rec.Decided.IsZero() {
+		return
+	}
+	s.rec.Decided = at
+	if s.span != nil {
+		s.span.AddEvent(EventDecided, trace.WithTimestamp(at), trace.WithAttributes(attribute.Int("desired", int(desired))))
+	}
+}
+
+// ScaleWritten completes key's open record: the /scale patch from 0 to
+// desired returned OK at at. Without an open record (a scale from zero no
+// poke asked for, e.g. a min-scale change) it does nothing.
+func (r *Recorder) ScaleWritten(key types.NamespacedName, at time.Time, desired int32) {
+	r.mu.Lock()
+	s := r.open[key]
+	if s == nil {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.open, key)
+	r.mu.Unlock()
+
+	s.rec.ScaleWritten, s.rec.DesiredScale = at, desired
+	observe(r.hist, PhaseDecide, s.rec.PokeReceived, s.rec.Decided)
+	observe(r.hist, PhaseScale, s.rec.Decided, at)
+	observe(r.hist, PhaseTotal, s.rec.PokeReceived, at)
+	if s.span != nil {
+		s.span.AddEvent(EventScaleWritten, trace.WithTimestamp(at), trace.WithAttributes(attribute.Int("desired", int(desired))))
+		s.span.End(trace.WithTimestamp(at))
+	}
+	r.opts.Ring.Add(s.rec)
+}
+
+// Forget drops key's open record (its PA was deleted).
+func (r *Recorder) Forget(key types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.open[key]; s != nil {
+		r.dropLocked(key, s, "deleted")
+	}
+}
+
+// Open returns the number of open records.
+func (r *Recorder) Open() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.open)
+}
+
+func (r *Recorder) dropLocked(key types.NamespacedName, s *scaleStart, why string) {
+	delete(r.open, key)
+	if s.span != nil {
+		s.span.SetStatus(codes.Error, why)
+		s.span.End()
+	}
+}
