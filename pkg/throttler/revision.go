@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -81,6 +82,8 @@ type revThrottler struct {
 	actIdx    int
 	capacity  int
 	rr        int
+	// routable mirrors capacity > 0 for the lock-free Routable check.
+	routable atomic.Bool
 
 	active     int
 	head, tail *waiter
@@ -539,6 +542,7 @@ func (rt *revThrottler) reassignLocked() {
 	clear(rt.assigned[len(rt.assigned):cap(rt.assigned)])
 	old := rt.capacity
 	rt.capacity = capacity(rt.cc, len(rt.assigned), rt.backends, rt.numAct, rt.clusterIP != nil)
+	rt.routable.Store(rt.capacity > 0)
 	if old != rt.capacity {
 		rt.logger.Debugw("Capacity changed", "capacity", rt.capacity, "pods", len(rt.assigned),
 			"backends", rt.backends, "index", rt.actIdx, "activators", rt.numAct, "clusterIP", rt.clusterIP != nil)

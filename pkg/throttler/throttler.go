@@ -85,6 +85,7 @@ func (t *Throttler) lockRev(rev types.NamespacedName) *revThrottler {
 func (t *Throttler) removeLocked(rt *revThrottler, err error) {
 	t.revs.CompareAndDelete(rt.id, rt)
 	rt.deleted = true
+	rt.routable.Store(false)
 	rt.stopTimerLocked()
 	rt.failAllLocked(err)
 }
@@ -226,6 +227,14 @@ func (t *Throttler) Stats(rev types.NamespacedName) (queued, active int) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	return rt.queued, rt.active
+}
+
+// Routable reports whether rev has a pod this activator may send to (its
+// capacity is above 0), busy or not. It takes no lock: the activator asks
+// it for every request to tell a cold start from a warm one.
+func (t *Throttler) Routable(rev types.NamespacedName) bool {
+	rt := t.get(rev)
+	return rt != nil && rt.routable.Load()
 }
 
 // Capacity returns how many requests of rev this activator lets in flight

@@ -1104,3 +1104,31 @@ func TestActivatorChangeWakesWaiters(t *testing.T) {
 	first.release <- nil
 	second.release <- nil
 }
+
+func TestRoutable(t *testing.T) {
+	th, _ := newTestThrottler(t, Options{})
+	var busy *call
+	steps := []struct {
+		name string
+		do   func()
+		want bool
+	}{
+		{"unknown", func() {}, false},
+		{"configured without pods", func() { th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1}) }, false},
+		{"a pod", func() { th.UpdateBackends(rev, Backends{Dests: dests(1)}) }, true},
+		{"busy pod stays routable", func() { busy = start(th, rev); <-busy.dest }, true},
+		{"pods gone", func() { th.UpdateBackends(rev, Backends{}) }, false},
+		{"cluster IP", func() { th.UpdateBackends(rev, Backends{ClusterIPDest: "10.2.0.1:80"}) }, true},
+		{"deleted", func() { th.DeleteRevision(rev) }, false},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := th.Routable(rev); got != s.want {
+			t.Fatalf("%s: Routable = %v, want %v", s.name, got, s.want)
+		}
+	}
+	busy.release <- nil
+	if err := <-busy.done; err != nil {
+		t.Fatal(err)
+	}
+}
