@@ -48,6 +48,10 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Registerer receives the connection metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// OnPokeSent, if set, is called for each poke once the frame carrying
+	// it was written to the socket (cold-start timing). It runs on the
+	// sender goroutine and must not block.
+	OnPokeSent func(rev types.NamespacedName, at time.Time)
 }
 
 func (o *Options) defaults() {
@@ -343,6 +347,12 @@ func (s *Sink) sendPokes(conn *websocket.Conn) error {
 	if err := s.write(conn, msgs); err != nil {
 		s.requeuePokes(msgs)
 		return err
+	}
+	if s.opts.OnPokeSent != nil {
+		at := s.clk.Now()
+		for _, m := range msgs {
+			s.opts.OnPokeSent(m.Key, at)
+		}
 	}
 	return nil
 }

@@ -113,6 +113,35 @@ func TestSendsPokesAndBatches(t *testing.T) {
 	}
 }
 
+func TestOnPokeSentAfterTheWrite(t *testing.T) {
+	srv := startStatServer(t, "127.0.0.1:0")
+	clk := clocktesting.NewFakeClock(time.Unix(1e9, 0))
+	sent := make(chan types.NamespacedName, 4)
+	var at time.Time
+	s := New("ws://"+srv.addr, Options{OnPokeSent: func(rev types.NamespacedName, t time.Time) {
+		at = t
+		sent <- rev
+	}}, clk, zap.NewNop().Sugar())
+	runSink(t, s)
+	eventually(t, nil, s.Connected)
+
+	s.Report([]wire.StatMessage{msg("batch", 1)})
+	srv.next(t)
+	s.Poke(msg("a", 1))
+	srv.next(t)
+	select {
+	case rev := <-sent:
+		if rev.Name != "a" || !at.Equal(clk.Now()) {
+			t.Fatalf("OnPokeSent(%v, %v), want a at %v", rev, at, clk.Now())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnPokeSent not called")
+	}
+	if len(sent) != 0 {
+		t.Fatalf("OnPokeSent called for a periodic batch: %v", <-sent)
+	}
+}
+
 func TestDisconnectedKeepsPokesDropsBatches(t *testing.T) {
 	// Reserve a port, start without a server.
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
