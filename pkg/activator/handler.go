@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/concurrency"
 	"github.com/thaw-dev/thaw/pkg/proxy"
 	"github.com/thaw-dev/thaw/pkg/revisions"
@@ -87,6 +88,9 @@ type Config struct {
 	Metrics       *Metrics
 	// RequestLog, if set, logs each proxied request from its template.
 	RequestLog *RequestLogger
+	// ColdStarts, if set, times the requests that arrive while their
+	// revision has no routable pod, and answers coldstart.RequestHeader.
+	ColdStarts *coldstart.Tracker
 	// TracerProvider and Propagator enable tracing when non-nil.
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
@@ -203,6 +207,24 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 		}
 	}
 
+	// The opt-in header is ours: the pod never sees it. Read straight from
+	// the map (the name is canonical) to keep the warm path cheap.
+	_, timing := r.Header[coldstart.RequestHeader]
+	if timing {
+		timing = r.Header.Get(coldstart.RequestHeader) != ""
+		r.Header.Del(coldstart.RequestHeader)
+	}
+	// Before the reporter sees the request, so its poke cannot be written
+	// before the cold start is open.
+	var cold *coldstart.Request
+	if h.cfg.ColdStarts != nil {
+		cold = h.cfg.ColdStarts.Arrive(ctx, info.ID)
+		defer cold.End()
+	}
+	if timing && cold == nil {
+		w.Header().Set(coldstart.ResponseHeader, coldstart.Warm)
+	}
+
 	var status, size int
 	defer func() {
 		// Deferred so an aborted response (panic) is still counted.
@@ -240,7 +262,7 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 	to := Timeouts{Total: info.Timeout, ResponseStart: info.ResponseStartTimeout, Idle: info.IdleTimeout}
 	var abort bool
 	status, size, abort = serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
-		h.activate(w, r, info)
+		h.activate(w, r, info, cold, timing)
 	})
 	if abort {
 		panic(http.ErrAbortHandler)
@@ -249,8 +271,9 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 
 // activate waits for capacity and proxies. A panic in the proxy (an aborted
 // response copy) is re-raised only after Try returned, so the throttler
-// always gets its capacity back.
-func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisions.Info) {
+// always gets its capacity back. A cold request's writer marks its first
+// byte (and sets the timing header if asked).
+func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisions.Info, cold *coldstart.Request, timing bool) {
 	rev := info.ID
 	queued := h.cfg.Metrics.queued.WithLabelValues(rev.Namespace, rev.Name)
 	active := h.cfg.Metrics.active.WithLabelValues(rev.Namespace, rev.Name)
@@ -288,7 +311,11 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 		if h.cfg.PassthroughLB {
 			target.PassthroughHost = info.ID.Name + "-private." + info.ID.Namespace
 		}
-		if err := h.cfg.Proxy.Serve(w, pr, target); err != nil {
+		pw := w
+		if cold != nil {
+			pw = cold.Writer(w, dest, timing)
+		}
+		if err := h.cfg.Proxy.Serve(pw, pr, target); err != nil {
 			if h.cfg.IsNotSent(err) {
 				return fmt.Errorf("%w: %w", throttler.ErrRetryable, err)
 			}
