@@ -30,6 +30,7 @@ import (
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/concurrency"
 	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/observability"
@@ -194,6 +195,8 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 
 	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth}, clk, logger.Named("throttler"))
 	metrics := activator.NewMetrics(reg)
+	coldStarts := coldstart.NewTracker(coldstart.TrackerOptions{Routable: thr.Routable, Clock: clk, Registerer: reg,
+		TracerProvider: hcfg.TracerProvider})
 	store := revisions.NewStore(serving, 0, logger.Named("revisions"))
 	store.OnUpsert(func(i *revisions.Info) {
 		thr.UpsertRevision(i.ID, throttler.RevisionConfig{ContainerConcurrency: i.ContainerConcurrency, QueueDepth: e.QueueDepth})
@@ -201,8 +204,9 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	store.OnDelete(func(id types.NamespacedName) {
 		thr.DeleteRevision(id)
 		metrics.DeleteRevision(id)
+		coldStarts.Forget(id)
 	})
-	epm := endpoints.NewManager(kube, store, thr, endpoints.Options{
+	epm := endpoints.NewManager(kube, store, podReadyTap{thr, coldStarts, clk}, endpoints.Options{
 		ProbeTimeout:   e.ProbeTimeout,
 		ProbeFrequency: e.ProbeFrequency,
 		MeshMode:       meshMode,
@@ -216,7 +220,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	if e.autoscalerURL != "" {
 		autoscalerURL = e.autoscalerURL
 	}
-	sink := statsink.New(autoscalerURL, statsink.Options{Registerer: reg}, clk, logger)
+	sink := statsink.New(autoscalerURL, statsink.Options{Registerer: reg, OnPokeSent: coldStarts.PokeSent}, clk, logger)
 	reporter := concurrency.New(e.PodName, sink, clk, reg)
 
 	// Background owners: all stop with bgCtx, after the servers are down.
@@ -261,6 +265,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	hcfg.QueueDepth = e.QueueDepth
 	hcfg.PassthroughLB = passthrough
 	hcfg.RequestLog = requestLog
+	hcfg.ColdStarts = coldStarts
 	hcfg.Logger = logger
 	handler := activator.NewHandler(hcfg)
 

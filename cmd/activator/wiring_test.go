@@ -20,6 +20,7 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/observability"
 	"github.com/thaw-dev/thaw/pkg/statserver"
@@ -116,6 +117,7 @@ func testWiring(t *testing.T, autoscalerUp bool) {
 
 	req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
 	req.Host = "rev.ns.svc.cluster.local"
+	req.Header.Set(coldstart.RequestHeader, "1")
 	client := &http.Client{Timeout: 30 * time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -126,6 +128,13 @@ func testWiring(t *testing.T, autoscalerUp bool) {
 	if resp.StatusCode != 200 || string(b) != "hello from activator" {
 		t.Fatalf("got %d %q", resp.StatusCode, b)
 	}
+	// The pod's probe races the request: either answer is right, but it
+	// must be one of them, and a cold one names the pod.
+	tl, warm, err := coldstart.ParseHeader(resp.Header.Get(coldstart.ResponseHeader))
+	if err != nil || (!warm && tl.Pod != net.JoinHostPort(podHost, podPortStr)) {
+		t.Fatalf("%s: %q (%v)", coldstart.ResponseHeader, resp.Header.Get(coldstart.ResponseHeader), err)
+	}
+	t.Logf("%s: %s", coldstart.ResponseHeader, resp.Header.Get(coldstart.ResponseHeader))
 	if autoscalerUp {
 		select {
 		case m := <-stats:
