@@ -62,6 +62,17 @@ type Status struct {
 	InPanic             bool
 }
 
+// ColdStarts is told about the autoscaler's side of scales from zero
+// (coldstart.Recorder). Calls must not block.
+type ColdStarts interface {
+	// PokeReceived: a poke for key arrived at at while its desired scale was 0.
+	PokeReceived(key types.NamespacedName, at time.Time)
+	// Decided: the desired scale of key went from 0 or less to desired > 0.
+	Decided(key types.NamespacedName, at time.Time, desired int32)
+	// Forget: key's decider was deleted.
+	Forget(key types.NamespacedName)
+}
+
 // Options configures a MultiScaler.
 type Options struct {
 	Clock   clock.WithTicker
@@ -73,6 +84,8 @@ type Options struct {
 	Logger *zap.SugaredLogger
 	// TickInterval overrides DefaultTickInterval.
 	TickInterval time.Duration
+	// ColdStarts, if set, times scales from zero.
+	ColdStarts ColdStarts
 }
 
 // MultiScaler holds the deciders of all revisions.
@@ -85,6 +98,7 @@ type MultiScaler struct {
 	inform   atomic.Pointer[func(types.NamespacedName)]
 	logger   *zap.SugaredLogger
 	interval time.Duration
+	cold     ColdStarts // nil: not timed
 
 	// mu guards runners, due and runner.next/index.
 	mu      sync.RWMutex
@@ -131,6 +145,7 @@ func New(opts Options) *MultiScaler {
 		pods:     opts.Pods,
 		logger:   opts.Logger,
 		interval: opts.TickInterval,
+		cold:     opts.ColdStarts,
 		runners:  make(map[types.NamespacedName]*runner),
 		wake:     make(chan struct{}, 1),
 	}
@@ -245,6 +260,9 @@ func (m *MultiScaler) Delete(key types.NamespacedName) {
 		heap.Remove(&m.due, r.index)
 		r.index = -1
 	}
+	if m.cold != nil {
+		m.cold.Forget(key)
+	}
 }
 
 // Len returns the number of deciders.
@@ -266,6 +284,11 @@ func (m *MultiScaler) Poke(key types.NamespacedName, stat wire.Stat) {
 	m.mu.RUnlock()
 	if r == nil || r.desired.Load() != 0 || r.poked.Swap(true) {
 		return
+	}
+	if m.cold != nil {
+		// The stat server's stamp has only seconds; the stat reaches us
+		// straight from its queue, so now is its receipt time.
+		m.cold.PokeReceived(key, m.clock.Now())
 	}
 	m.pokeMu.Lock()
 	m.pokes = append(m.pokes, r)
@@ -384,6 +407,9 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	}
 	changed := r.status.DesiredScale != d.DesiredScale ||
 		(r.status.ExcessBurstCapacity < 0) != (d.ExcessBurstCapacity < 0)
+	if m.cold != nil && r.status.DesiredScale <= 0 && d.DesiredScale > 0 {
+		m.cold.Decided(r.key, now, d.DesiredScale)
+	}
 	r.status = Status{DesiredScale: d.DesiredScale, ExcessBurstCapacity: d.ExcessBurstCapacity, InPanic: d.InPanic}
 	r.stable, r.panic, r.target, r.decided = obs.Stable, obs.Panic, spec.TargetValue, true
 	r.desired.Store(d.DesiredScale)

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktest "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/collector"
 	"github.com/thaw-dev/thaw/pkg/decider"
 	"github.com/thaw-dev/thaw/pkg/wire"
@@ -75,10 +76,17 @@ type harness struct {
 	inform chan types.NamespacedName
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T) *harness { return startWith(t, nil) }
+
+// startWith is start with extra Options.
+func startWith(t *testing.T, mod func(*Options)) *harness {
 	h := &harness{t: t, clk: clocktest.NewFakeClock(time.Unix(1_700_000_000, 0)), src: newSource(),
 		inform: make(chan types.NamespacedName, 100)}
-	h.ms = New(Options{Clock: h.clk, Metrics: h.src, Pods: h.src, Logger: zaptest.NewLogger(t).Sugar()})
+	opts := Options{Clock: h.clk, Metrics: h.src, Pods: h.src, Logger: zaptest.NewLogger(t).Sugar()}
+	if mod != nil {
+		mod(&opts)
+	}
+	h.ms = New(opts)
 	// Set after construction, as the KPA reconciler does.
 	h.ms.Watch(func(k types.NamespacedName) { h.inform <- k })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -290,6 +298,55 @@ func TestPoke(t *testing.T) {
 	// Unknown revisions are ignored.
 	h.ms.Poke(types.NamespacedName{Namespace: "x", Name: "y"}, wire.Stat{AverageConcurrentRequests: 1})
 	h.expectNoRead()
+}
+
+// TestColdStartTimes: the accepted poke of a revision at zero and the
+// decision that takes it above zero reach the cold-start recorder, with the
+// scheduler's clock; deleting the decider drops the open record.
+func TestColdStartTimes(t *testing.T) {
+	rec := coldstart.NewRecorder(coldstart.RecorderOptions{})
+	h := startWith(t, func(o *Options) { o.ColdStarts = rec })
+	h.src.set(0, 0, 0)
+	s := spec
+	s.TargetBurstCapacity = -1
+	h.ms.Create(key, s, Labels{})
+	h.step(2 * time.Second)
+	h.expectRead()
+	h.expectInform(true) // −1 → 0: not a cold start
+	if rec.Open() != 0 {
+		t.Fatal("a record opened without a poke")
+	}
+
+	h.src.set(5, 5, 0)
+	poked := h.clk.Now()
+	h.ms.Poke(key, wire.Stat{AverageConcurrentRequests: 1})
+	h.expectRead()
+	h.expectInform(true) // 0 → 1
+	if rec.Open() != 1 {
+		t.Fatalf("open records = %d, want 1", rec.Open())
+	}
+	// The reconciler's patch completes it (here by hand).
+	written := poked.Add(3 * time.Millisecond)
+	rec.ScaleWritten(key, written, 1)
+	got := rec.Ring().Snapshot()
+	if len(got) != 1 || !got[0].PokeReceived.Equal(poked) || !got[0].Decided.Equal(poked) || got[0].DesiredScale != 1 {
+		t.Fatalf("records = %+v, want poke and decision at %v", got, poked)
+	}
+
+	// Back at zero, poked again, then deleted before any patch.
+	h.src.set(0, 0, 1)
+	h.step(2 * time.Second)
+	h.expectRead()
+	h.expectInform(true) // 1 → 0
+	h.ms.Poke(key, wire.Stat{AverageConcurrentRequests: 1})
+	h.expectRead()
+	if rec.Open() != 1 {
+		t.Fatalf("open records = %d after the second poke, want 1", rec.Open())
+	}
+	h.ms.Delete(key)
+	if rec.Open() != 0 {
+		t.Fatal("deleting the decider left its record open")
+	}
 }
 
 // Poke must return at once even while the scheduler is busy (here: stuck in
