@@ -27,6 +27,7 @@ import (
 	servinginformers "knative.dev/serving/pkg/client/informers/externalversions"
 
 	"github.com/thaw-dev/thaw/pkg/asconfig"
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/decider"
 	"github.com/thaw-dev/thaw/pkg/multiscaler"
 )
@@ -155,6 +156,7 @@ type harness struct {
 	cfg      *asconfig.Config
 	dcfg     *asconfig.DeploymentConfig
 	after    []requeue
+	cold     *coldstart.Recorder
 }
 
 func newHarness(t *testing.T) *harness {
@@ -171,6 +173,7 @@ func newHarness(t *testing.T) *harness {
 		rec:      record.NewFakeRecorder(100),
 		cfg:      asconfig.DefaultConfig(),
 		dcfg:     &asconfig.DeploymentConfig{ProgressDeadline: asconfig.DefaultProgressDeadline},
+		cold:     coldstart.NewRecorder(coldstart.RecorderOptions{}),
 	}
 	h.sf = servinginformers.NewSharedInformerFactory(h.serving, 0)
 	h.nf = netinformers.NewSharedInformerFactory(h.net, 0)
@@ -190,6 +193,7 @@ func newHarness(t *testing.T) *harness {
 		Recorder:         h.rec,
 		Clock:            h.clock,
 		Logger:           zaptest.NewLogger(t).Sugar(),
+		ColdStarts:       h.cold,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -102,6 +102,14 @@ type Deps struct {
 	Recorder      record.EventRecorder
 	Clock         clock.WithTicker
 	Logger        *zap.SugaredLogger
+	// ColdStarts, if set, is told when a /scale patch from 0 returned OK
+	// (coldstart.Recorder completes the record its poke opened).
+	ColdStarts ScaleWatcher
+}
+
+// ScaleWatcher hears of successful scales from zero. It must not block.
+type ScaleWatcher interface {
+	ScaleWritten(key types.NamespacedName, at time.Time, desired int32)
 }
 
 // Reconciler reconciles KPA-class PodAutoscalers.

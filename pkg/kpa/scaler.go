@@ -106,6 +106,9 @@ func (r *Reconciler) scale(ctx context.Context, pa *autoscalingv1alpha1.PodAutos
 	if err := r.d.Scales.SetReplicas(ctx, pa.Namespace, pa.Spec.ScaleTargetRef, desired); err != nil {
 		return desired, fmt.Errorf("scaling %s to %d: %w", pa.Spec.ScaleTargetRef.Name, desired, err)
 	}
+	if current == 0 && desired > 0 && r.d.ColdStarts != nil {
+		r.d.ColdStarts.ScaleWritten(types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name}, r.d.Clock.Now(), desired)
+	}
 	r.d.Recorder.Eventf(pa, corev1.EventTypeNormal, "ScaleTargetScaled", "Scaled %s from %d to %d",
 		pa.Spec.ScaleTargetRef.Name, current, desired)
 	return desired, nil
