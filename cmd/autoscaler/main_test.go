@@ -273,6 +273,11 @@ func TestWiring(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+	// The cold-start ring is served beside the metrics (empty: this PA
+	// never was at zero).
+	if body := scrape(t, "http://"+addrs[1]+"/debug/coldstarts"); body != "[]" {
+		t.Errorf("/debug/coldstarts = %q, want []", body)
+	}
 
 	if err := h.stop(t); err != nil {
 		t.Errorf("run = %v", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -28,6 +30,7 @@ import (
 	servingscheme "knative.dev/serving/pkg/client/clientset/versioned/scheme"
 
 	"github.com/thaw-dev/thaw/pkg/asconfig"
+	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/kpa"
 	"github.com/thaw-dev/thaw/pkg/observability"
 	"github.com/thaw-dev/thaw/pkg/statserver"
@@ -65,6 +68,9 @@ type app struct {
 	cur atomic.Pointer[term]
 	// notLeading counts stats dropped because no term runs.
 	notLeading prometheus.Counter
+	// cold times scales from zero across terms and keeps the last ones
+	// for /debug/coldstarts.
+	cold *coldstart.Recorder
 }
 
 // timeOf is a stat's observation time; the stat server stamped a missing
@@ -131,6 +137,17 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 		Help: "Stats dropped because this replica did not hold the Lease.",
 	})
 	reg.MustRegister(a.notLeading)
+	tracing := a.tracing(ctx)
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+		defer scancel()
+		_ = tracing.Shutdown(sctx)
+	}()
+	coldOpts := coldstart.RecorderOptions{Registerer: reg}
+	if tracing != nil {
+		coldOpts.TracerProvider = tracing.Provider
+	}
+	a.cold = coldstart.NewRecorder(coldOpts)
 	gatherers := prometheus.Gatherers{reg, prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		if t := a.cur.Load(); t != nil {
 			return t.reg.Gather()
@@ -160,6 +177,7 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 	ss := statserver.New(cfg.statsAddr, stats, statserver.Options{Registerer: reg}, a.clock, logger)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{}))
+	mux.Handle("/debug/coldstarts", a.cold.Ring())
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
 	var profSrv *http.Server
 	if profLn != nil {
@@ -258,6 +276,26 @@ func run(ctx context.Context, cfg config, d deps, ready chan<- [2]string, logger
 	servers.Wait()
 	stopWatches()
 	return runErr
+}
+
+// tracing builds OpenTelemetry tracing from config-observability as it is
+// at start (as the activator does; a change needs a restart). nil: off.
+func (a *app) tracing(ctx context.Context) *observability.Tracing {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	oc := observability.Defaults()
+	if cm, err := a.deps.Kube.CoreV1().ConfigMaps(a.cfg.ns).Get(cctx, a.cfg.obsName, metav1.GetOptions{}); err == nil {
+		if c, err := observability.NewConfigFromMap(cm.Data); err == nil {
+			oc = c
+		}
+	}
+	t, err := observability.NewTracing(ctx, oc, observability.Identity{Service: component, PodName: a.cfg.podName,
+		Namespace: a.cfg.ns}, os.Stdout)
+	if err != nil {
+		a.logger.Errorw("Tracing disabled", zap.Error(err))
+		return nil
+	}
+	return t
 }
 
 // watchUntil starts a live watch of one ConfigMap; the watch lasts until

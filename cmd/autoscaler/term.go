@@ -78,10 +78,11 @@ func (a *app) newTerm(logger *zap.SugaredLogger) (*term, *termInformers, error) 
 	})
 	t.coll = collector.New(collector.Options{Clock: a.clock, Logger: logger.Named("collector"), Scrapers: sf.New})
 	t.ms = multiscaler.New(multiscaler.Options{
-		Clock:   a.clock,
-		Metrics: t.coll,
-		Pods:    multiscaler.PodCounterFunc(kpa.ReadyPodCounter(pods.Lister())),
-		Logger:  logger.Named("multiscaler"),
+		Clock:      a.clock,
+		Metrics:    t.coll,
+		Pods:       multiscaler.PodCounterFunc(kpa.ReadyPodCounter(pods.Lister())),
+		Logger:     logger.Named("multiscaler"),
+		ColdStarts: a.cold,
 	})
 	var err error
 	t.kpa, err = kpa.New(kpa.Deps{
@@ -99,6 +100,7 @@ func (a *app) newTerm(logger *zap.SugaredLogger) (*term, *termInformers, error) 
 		Recorder:         a.recorder,
 		Clock:            a.clock,
 		Logger:           logger.Named("kpa"),
+		ColdStarts:       a.cold,
 	})
 	if err != nil {
 		t.coll.Close()
