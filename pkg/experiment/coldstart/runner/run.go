@@ -1,0 +1,223 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/measure"
+	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/report"
+	"github.com/thaw-dev/thaw/pkg/lab/swap"
+)
+
+// cleanupTimeout bounds each restore step at the end, which runs even after Ctrl-C.
+const cleanupTimeout = 3 * time.Minute
+
+// settle is a pause after a swap: the new autoscaler leads, but the new activators' stat websockets
+// connect to it a moment later, and a poke sent before that would be lost to the first cold start.
+const settle = 5 * time.Second
+
+type run struct {
+	o     Options
+	http  *http.Client
+	watch *measure.Watcher
+	audit *measure.AuditLog
+}
+
+func (r *run) progress(format string, args ...any) {
+	fmt.Fprintf(r.o.Progress, "coldstart: "+format+"\n", args...)
+}
+
+func since(c clock.PassiveClock, t time.Time) time.Duration {
+	return c.Since(t).Round(10 * time.Millisecond)
+}
+
+// Run performs the experiment and returns every sample. Whatever happens (errors, ctx cancelled), it
+// restores config-autoscaler and the components it found, and deletes its namespace unless Keep.
+func Run(ctx context.Context, o Options) (samples []report.Sample, err error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	r := &run{o: o, http: newHTTPClient(o.RequestTimeout)}
+	cleanup := func(name string, f func(context.Context) error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if cerr := f(cctx); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("%s: %w", name, cerr))
+		} else {
+			r.progress("%s done", name)
+		}
+	}
+	if o.Restore != nil {
+		defer cleanup("restoring activator="+o.Restore["activator"]+" autoscaler="+o.Restore["autoscaler"], func(ctx context.Context) error {
+			cur, err := swap.Current(ctx, o.Client.Kube)
+			if err == nil && cur["activator"] == o.Restore["activator"] && cur["autoscaler"] == o.Restore["autoscaler"] {
+				return nil
+			}
+			return o.Swap(ctx, o.Restore)
+		})
+	}
+	if o.FastZero {
+		restore, err := setConfigKey(ctx, o.Client.Kube, graceKey, minGrace)
+		if err != nil {
+			return nil, err
+		}
+		r.progress("config-autoscaler %s set to %s for the run", graceKey, minGrace)
+		defer cleanup("restoring config-autoscaler "+graceKey, restore)
+	}
+	if err := ensureNamespace(ctx, o.Client, o.Namespace); err != nil {
+		return nil, err
+	}
+	if !o.Keep {
+		defer cleanup("deleting namespace "+o.Namespace, func(ctx context.Context) error {
+			return deleteNamespace(ctx, o.Client, o.Namespace)
+		})
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	r.watch = measure.NewWatcher(o.Client.Kube, o.Namespace, o.Clock)
+	if err := r.watch.Start(wctx); err != nil {
+		return nil, err
+	}
+	if o.AuditLog != "" {
+		a, err := measure.OpenAuditLog(o.AuditLog)
+		if err != nil {
+			r.progress("no readable audit log (%v): the /scale patch time comes from a Deployment watch", err)
+		} else {
+			r.audit = a
+			r.progress("reading the /scale patches from the audit log %s", o.AuditLog)
+		}
+	}
+	svcs, err := r.createServices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, side := range o.Sides {
+		got, err := r.side(ctx, side, svcs)
+		samples = append(samples, got...)
+		if err != nil {
+			return samples, fmt.Errorf("%s: %w", side.Name, err)
+		}
+	}
+	return samples, nil
+}
+
+// side swaps the side's components in (when it names any) and runs every level on svcs.
+func (r *run) side(ctx context.Context, side Side, svcs []*service) ([]report.Sample, error) {
+	o := r.o
+	t0 := o.Clock.Now()
+	if side.Images != nil {
+		r.progress("[%s] swapping in activator=%s autoscaler=%s", side.Name, side.Images["activator"], side.Images["autoscaler"])
+		if err := o.Swap(ctx, side.Images); err != nil {
+			return nil, err
+		}
+		if err := waitAutoscalerLeads(ctx, o.Client.Kube, side.Images["autoscaler"], 2*time.Minute); err != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-o.Clock.After(settle):
+		}
+		r.progress("[%s] components in place and leading (%s)", side.Name, since(o.Clock, t0))
+	}
+	if err := r.waitZero(ctx, side.Name, svcs); err != nil {
+		return nil, err
+	}
+	var samples []report.Sample
+	clean := slices.Clone(svcs)
+	for _, level := range o.Levels {
+		// Each level starts from all services at zero and nothing else running.
+		if len(clean) < len(svcs) {
+			if err := r.waitZero(ctx, side.Name, svcs); err != nil {
+				return samples, err
+			}
+			clean = slices.Clone(svcs)
+		}
+		for round := range o.Repeat {
+			if len(clean) < level {
+				if err := r.waitZero(ctx, side.Name, svcs); err != nil {
+					return samples, err
+				}
+				clean = slices.Clone(svcs)
+			}
+			batch := clean[:level]
+			clean = clean[level:]
+			tr := o.Clock.Now()
+			got := r.collect(ctx, r.fire(ctx, batch, side.Name, level, round))
+			samples = append(samples, got...)
+			r.progress("[%s] parallel %d round %d/%d: %s (%s)", side.Name, level, round+1, o.Repeat, brief(got), since(o.Clock, tr))
+			if err := ctx.Err(); err != nil {
+				return samples, err
+			}
+		}
+	}
+	r.progress("[%s] done: %d cold starts in %s", side.Name, len(samples), since(o.Clock, t0))
+	return samples, nil
+}
+
+// brief is a round's one-line result.
+func brief(ss []report.Sample) string {
+	failed := 0
+	var firstErr string
+	for i := range ss {
+		if !ss[i].OK() {
+			failed++
+			if firstErr == "" {
+				firstErr = fmt.Sprintf(" (first: %d %s)", ss[i].Status, ss[i].Error)
+			}
+		}
+	}
+	var total []time.Duration
+	for _, p := range report.Phases {
+		if p.Name == report.Total {
+			total = p.Values(ss)
+		}
+	}
+	q := report.Summarize(total)
+	return fmt.Sprintf("%d ok, %d failed%s, total p50 %s max %s", len(ss)-failed, failed, firstErr,
+		q.P50.Round(time.Millisecond), q.Max.Round(time.Millisecond))
+}
+
+// waitZero waits until every service's Deployment is at 0 and it has no pod left.
+func (r *run) waitZero(ctx context.Context, side string, svcs []*service) error {
+	o := r.o
+	t0 := o.Clock.Now()
+	ctx, cancel := context.WithTimeout(ctx, o.ZeroTimeout)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastLog := t0
+	for {
+		left, example := 0, ""
+		for _, s := range svcs {
+			if ok, why := r.watch.AtZero(s.Revision, s.deployment()); !ok {
+				left++
+				example = why
+			}
+		}
+		if left == 0 {
+			if d := since(o.Clock, t0); d > time.Second {
+				r.progress("[%s] %d services at zero (%s)", side, len(svcs), d)
+			}
+			for _, s := range svcs {
+				r.watch.Forget(s.Revision)
+			}
+			return nil
+		}
+		if now := o.Clock.Now(); now.Sub(lastLog) >= 15*time.Second {
+			lastLog = now
+			r.progress("[%s] waiting for zero: %d/%d services left (%s), e.g. %s", side, left, len(svcs), since(o.Clock, t0), example)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("services not at zero after %s (%d left, e.g. %s): %w", since(o.Clock, t0), left, example, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

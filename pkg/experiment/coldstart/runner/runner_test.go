@@ -1,0 +1,157 @@
+package runner
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func TestParseLevels(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []int
+		err  string
+	}{
+		{in: "1,5,25,100", want: []int{1, 5, 25, 100}},
+		{in: " 2 , 1 ", want: []int{2, 1}},
+		{in: "1", want: []int{1}},
+		{in: "", err: "not a positive integer"},
+		{in: "1,,2", err: "not a positive integer"},
+		{in: "0", err: "not a positive integer"},
+		{in: "-3", err: "not a positive integer"},
+		{in: "1,x", err: `"x" is not a positive integer`},
+		{in: "5,5", err: "listed twice"},
+	}
+	for _, c := range cases {
+		got, err := ParseLevels(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("ParseLevels(%q) error %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if err != nil || len(got) != len(c.want) {
+			t.Errorf("ParseLevels(%q) = %v %v, want %v", c.in, got, err, c.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Errorf("ParseLevels(%q) = %v, want %v", c.in, got, c.want)
+			}
+		}
+	}
+}
+
+func TestDefaultServices(t *testing.T) {
+	cases := []struct {
+		levels []int
+		repeat int
+		want   int
+	}{
+		{[]int{1, 5, 25, 100}, 1, 100},
+		{[]int{1}, 50, 50},      // the serial mode: 50 distinct services back to back
+		{[]int{1}, 1, 1},        // one cold start
+		{[]int{1, 2}, 3, 6},     // every round of the largest level on fresh services
+		{[]int{1, 25}, 10, 100}, // capped at 100
+		{[]int{200}, 1, 200},    // never below the largest level
+	}
+	for _, c := range cases {
+		if got := DefaultServices(c.levels, c.repeat); got != c.want {
+			t.Errorf("DefaultServices(%v, %d) = %d, want %d", c.levels, c.repeat, got, c.want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	o := Options{Levels: []int{1, 5}, Repeat: 1, Services: 2, Namespace: "ns", Image: "img", Ingress: "x:80",
+		Sides: []Side{{Name: "thaw", Images: map[string]string{"activator": "a"}}}}
+	err := o.validate()
+	for _, want := range []string{"no cluster client", "--parallel 5 needs at least 5 services", "no way to swap"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("validate error %v lacks %q", err, want)
+		}
+	}
+}
+
+func TestKsvcObject(t *testing.T) {
+	u := ksvcObject("cs-007", "coldstart", "ko.local/apps/helloworld:dev", "1m", true)
+	ann, _, _ := unstructured.NestedStringMap(u.Object, "spec", "template", "metadata", "annotations")
+	if ann["autoscaling.knative.dev/window"] != "6s" || ann["autoscaling.knative.dev/initial-scale"] != "0" ||
+		ann["queue.sidecar.serving.knative.dev/cpu-resource-request"] != "1m" {
+		t.Errorf("annotations %v", ann)
+	}
+	ctrs, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+	c, _ := ctrs[0].(map[string]any)
+	if c["image"] != "ko.local/apps/helloworld:dev" {
+		t.Errorf("container %v", c)
+	}
+	if u.GetName() != "cs-007" || u.GetNamespace() != "coldstart" || u.GetKind() != "Service" {
+		t.Errorf("object %v", u.Object)
+	}
+	u = ksvcObject("cs-007", "coldstart", "img", "1m", false)
+	ann, _, _ = unstructured.NestedStringMap(u.Object, "spec", "template", "metadata", "annotations")
+	if _, ok := ann["autoscaling.knative.dev/initial-scale"]; ok {
+		t.Error("initial-scale 0 without allow-zero-initial-scale is rejected by the webhook")
+	}
+}
+
+func TestReadyService(t *testing.T) {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"metadata": map[string]any{"name": "cs-000", "generation": int64(1)},
+		"status": map[string]any{"observedGeneration": int64(1), "latestReadyRevisionName": "cs-000-00001",
+			"url":        "http://cs-000.coldstart.example.com",
+			"conditions": []any{map[string]any{"type": "Ready", "status": "True"}}},
+	}}
+	s, why := readyService(u)
+	if s == nil || s.Revision != "cs-000-00001" || s.Host != "cs-000.coldstart.example.com" || s.deployment() != "cs-000-00001-deployment" {
+		t.Fatalf("%+v %s", s, why)
+	}
+	_ = unstructured.SetNestedSlice(u.Object, []any{map[string]any{"type": "Ready", "status": "Unknown", "reason": "Deploying"}}, "status", "conditions")
+	if s, why := readyService(u); s != nil || !strings.Contains(why, "Deploying") {
+		t.Errorf("not Ready: %+v %q", s, why)
+	}
+}
+
+func TestSetConfigKeyRestores(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name string
+		data map[string]string
+	}{
+		{"key present", map[string]string{graceKey: "30s", "other": "x"}},
+		{"key absent", map[string]string{"other": "x"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			kc := fake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: configAutoscaler, Namespace: systemNamespace}, Data: c.data})
+			restore, err := setConfigKey(ctx, kc, graceKey, minGrace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm, _ := kc.CoreV1().ConfigMaps(systemNamespace).Get(ctx, configAutoscaler, metav1.GetOptions{})
+			if cm.Data[graceKey] != "6s" {
+				t.Fatalf("set: %v", cm.Data)
+			}
+			// Someone else changes another key meanwhile: kept.
+			cm.Data["late"] = "y"
+			if _, err := kc.CoreV1().ConfigMaps(systemNamespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := restore(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cm, _ = kc.CoreV1().ConfigMaps(systemNamespace).Get(ctx, configAutoscaler, metav1.GetOptions{})
+			old, had := c.data[graceKey]
+			if got, ok := cm.Data[graceKey]; ok != had || got != old || cm.Data["late"] != "y" || cm.Data["other"] != "x" {
+				t.Errorf("restored: %v", cm.Data)
+			}
+		})
+	}
+	if _, err := setConfigKey(ctx, fake.NewClientset(), graceKey, minGrace); err == nil {
+		t.Error("a missing config-autoscaler must be an error")
+	}
+}

@@ -1,0 +1,169 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
+)
+
+// service is one ksvc of the experiment.
+type service struct {
+	Name, Revision, Host string
+}
+
+func (s *service) deployment() string { return s.Revision + "-deployment" }
+
+// serviceName is the i-th ksvc's name.
+func serviceName(i int) string { return fmt.Sprintf("cs-%03d", i) }
+
+// ksvcObject is the experiment's ksvc: a short stable window so it returns to zero quickly, a
+// 1 s readiness period so Ready is prompt, small CPU requests so the largest level fits the node, and
+// zero initial scale when the cluster allows it (the first request is then already a cold start).
+func ksvcObject(name, ns, image, cpu string, zeroInitial bool) *unstructured.Unstructured {
+	ann := map[string]any{
+		"autoscaling.knative.dev/class":                          "kpa.autoscaling.knative.dev",
+		"autoscaling.knative.dev/window":                         "6s",
+		"queue.sidecar.serving.knative.dev/cpu-resource-request": cpu,
+	}
+	if zeroInitial {
+		ann["autoscaling.knative.dev/initial-scale"] = "0"
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "serving.knative.dev/v1",
+		"kind":       "Service",
+		"metadata":   map[string]any{"name": name, "namespace": ns, "labels": map[string]any{"app.kubernetes.io/part-of": "thaw-coldstart"}},
+		"spec": map[string]any{"template": map[string]any{
+			"metadata": map[string]any{"annotations": ann},
+			"spec": map[string]any{"containers": []any{map[string]any{
+				"image":          image,
+				"readinessProbe": map[string]any{"periodSeconds": int64(1)},
+				"resources":      map[string]any{"requests": map[string]any{"cpu": cpu}},
+			}}},
+		}},
+	}}
+}
+
+// ensureNamespace creates ns unless it exists.
+func ensureNamespace(ctx context.Context, c *kube.Client, ns string) error {
+	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+// zeroInitialAllowed reads config-autoscaler's allow-zero-initial-scale.
+func zeroInitialAllowed(ctx context.Context, c *kube.Client) bool {
+	cm, err := c.Kube.CoreV1().ConfigMaps(systemNamespace).Get(ctx, configAutoscaler, metav1.GetOptions{})
+	return err == nil && cm.Data["allow-zero-initial-scale"] == "true"
+}
+
+// createServices applies n ksvcs and waits until all are Ready, returning their revisions and hosts.
+func (r *run) createServices(ctx context.Context) ([]*service, error) {
+	o := r.o
+	zero := zeroInitialAllowed(ctx, o.Client)
+	objs := make([]*unstructured.Unstructured, o.Services)
+	for i := range objs {
+		objs[i] = ksvcObject(serviceName(i), o.Namespace, o.Image, o.CPURequest, zero)
+	}
+	t0 := o.Clock.Now()
+	actx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := o.Client.Apply(actx, objs); err != nil {
+		return nil, err
+	}
+	r.progress("created %d services in %s (image %s, initial scale 0: %v) in %s", o.Services, o.Namespace, o.Image, zero, since(o.Clock, t0))
+	svcs := make([]*service, o.Services)
+	lastLog := o.Clock.Now()
+	var pending string
+	err := kube.Poll(actx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
+		list, err := o.Client.Dynamic.Resource(ksvc.ServiceGVR).Namespace(o.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			pending = err.Error()
+			return false, nil
+		}
+		byName := map[string]*unstructured.Unstructured{}
+		for i := range list.Items {
+			byName[list.Items[i].GetName()] = &list.Items[i]
+		}
+		ready := 0
+		pending = ""
+		for i := range svcs {
+			u := byName[serviceName(i)]
+			if u == nil {
+				pending = serviceName(i) + " missing"
+				continue
+			}
+			s, why := readyService(u)
+			if s == nil {
+				pending = serviceName(i) + ": " + why
+				continue
+			}
+			svcs[i] = s
+			ready++
+		}
+		if now := o.Clock.Now(); now.Sub(lastLog) >= 10*time.Second && ready < len(svcs) {
+			lastLog = now
+			r.progress("waiting for services to be Ready: %d/%d (%s), e.g. %s", ready, len(svcs), since(o.Clock, t0), pending)
+		}
+		return ready == len(svcs), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("services not Ready after %s: %w (%s)", since(o.Clock, t0), err, pending)
+	}
+	r.progress("%d services Ready in %s", len(svcs), since(o.Clock, t0))
+	if o.Routable != nil {
+		for _, s := range svcs {
+			if err := ksvc.WaitRoutable(ctx, o.Client, o.Namespace, s.Name, o.Routable, time.Minute); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return svcs, nil
+}
+
+// readyService reads a Ready ksvc's revision and host; nil and why when it is not Ready.
+func readyService(u *unstructured.Unstructured) (*service, string) {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	ready := false
+	why := "no Ready condition yet"
+	for _, ci := range conds {
+		m, _ := ci.(map[string]any)
+		if m["type"] == "Ready" {
+			ready = m["status"] == "True"
+			why = fmt.Sprint(m["reason"], " ", m["message"])
+		}
+	}
+	obs, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+	if !ready || obs < u.GetGeneration() {
+		return nil, why
+	}
+	rev, _, _ := unstructured.NestedString(u.Object, "status", "latestReadyRevisionName")
+	raw, _, _ := unstructured.NestedString(u.Object, "status", "url")
+	host := ""
+	if p, err := url.Parse(raw); err == nil {
+		host = p.Host
+	}
+	if rev == "" || host == "" {
+		return nil, "no revision or URL in status"
+	}
+	return &service{Name: u.GetName(), Revision: rev, Host: host}, ""
+}
+
+// deleteNamespace removes the experiment's namespace and everything in it.
+func deleteNamespace(ctx context.Context, c *kube.Client, ns string) error {
+	err := c.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete namespace %s: %w", ns, err)
+	}
+	return nil
+}
