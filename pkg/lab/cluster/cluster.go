@@ -255,6 +255,7 @@ func (l *Lab) writeConfigs(f *pki.Files) error {
 		"kube-proxy.yaml":               c.kubeProxyConfig(),
 		"resolv.conf":                   "# the lab's pods resolve only cluster names (CoreDNS has no upstream)\noptions ndots:5\n",
 		"../cni/net.d/10-thaw.conflist": c.cniConfig(),
+		"audit-policy.yaml":             auditPolicy,
 	} {
 		if err := writeFile(filepath.Join(conf, name), content); err != nil {
 			return err
@@ -276,7 +277,7 @@ func (l *Lab) etcdArgs() []string {
 
 func (l *Lab) apiserverArgs(f *pki.Files) []string {
 	c := l.Cfg
-	return []string{
+	return append([]string{
 		"--etcd-servers=http://127.0.0.1:2379",
 		// Pods reach the apiserver through the `kubernetes` Service, whose endpoint is this address:
 		// it must be the bridge IP, not loopback.
@@ -292,7 +293,7 @@ func (l *Lab) apiserverArgs(f *pki.Files) []string {
 		"--allow-privileged=true", "--profiling=false",
 		"--cert-dir=" + filepath.Join(c.RunDir(), "apiserver-certs"),
 		"--v=1",
-	}
+	}, c.auditArgs()...)
 }
 
 func (l *Lab) controllerManagerArgs(f *pki.Files) []string {
