@@ -1,5 +1,5 @@
-// Command thaw is Thaw's command line: `thaw lab ...` runs the local lab cluster. The top level leaves
-// room for more groups (coldstart, chaos).
+// Command thaw is Thaw's command line: `thaw lab ...` runs the local lab cluster, `thaw coldstart` the
+// cold-start experiment. The top level leaves room for more (chaos).
 package main
 
 import (
@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -26,7 +27,16 @@ func groups() map[string]map[string]command {
 }
 
 func usage(g map[string]map[string]command) {
-	fmt.Fprintln(os.Stderr, "usage: thaw <group> <command> [flags]")
+	fmt.Fprintln(os.Stderr, "usage: thaw <group> <command> [flags] | thaw <command> [flags]")
+	top := topCommands()
+	tops := make([]string, 0, len(top))
+	for n := range top {
+		tops = append(tops, n)
+	}
+	sort.Strings(tops)
+	for _, n := range tops {
+		fmt.Fprintf(os.Stderr, "  thaw %-16s %s\n", n, top[n].summary)
+	}
 	names := make([]string, 0, len(g))
 	for n := range g {
 		names = append(names, n)
@@ -53,6 +63,12 @@ func main() {
 	if len(args) > 0 && args[0] == "run" {
 		args = append([]string{"lab", "demo"}, args[1:]...)
 	}
+	if len(args) > 0 {
+		if cmd, ok := topCommands()[args[0]]; ok {
+			exit(cmd.run(ctx, args[1:]), args[:1])
+			return
+		}
+	}
 	if len(args) < 2 {
 		usage(g)
 		os.Exit(2)
@@ -67,11 +83,17 @@ func main() {
 		usage(g)
 		os.Exit(2)
 	}
-	if err := cmd.run(ctx, args[2:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		fmt.Fprintf(os.Stderr, "thaw %s %s: %v\n", args[0], args[1], err)
-		os.Exit(1)
+	exit(cmd.run(ctx, args[2:]), args[:2])
+}
+
+// exit reports a command's error and ends the process with its status.
+func exit(err error, name []string) {
+	if err == nil {
+		return
 	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "thaw %s: %v\n", strings.Join(name, " "), err)
+	os.Exit(1)
 }
