@@ -10,8 +10,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/thaw-dev/thaw/internal/testutil"
@@ -161,4 +163,41 @@ func histogram(t *testing.T, reg *prometheus.Registry, phase string) (uint64, fl
 		}
 	}
 	return 0, 0
+}
+
+// BenchmarkWarmRequest measures the handler without a network for a warm
+// revision, with and without the cold-start tracker, and with the opt-in
+// header: the tracker's warm path is one Routable call.
+func BenchmarkWarmRequest(b *testing.B) {
+	thr := throttler.New("10.0.0.1", throttler.Options{}, clock.RealClock{}, zap.NewNop().Sugar())
+	thr.UpsertRevision(testRev, throttler.RevisionConfig{})
+	thr.UpdateBackends(testRev, throttler.Backends{Dests: []string{"10.1.0.1:8012"}})
+	px := funcProxy(func(w http.ResponseWriter, _ *http.Request, _ string) error {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
+	for _, c := range []struct {
+		name          string
+		tracker, want bool
+	}{{"no tracker", false, false}, {"tracker", true, false}, {"tracker opt-in", true, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			cfg := Config{Throttler: thr, Revisions: fakeRevisions{testRev: testInfo()}, Proxy: px, Logger: zap.NewNop().Sugar()}
+			if c.tracker {
+				cfg.ColdStarts = coldstart.NewTracker(coldstart.TrackerOptions{Routable: thr.Routable})
+			}
+			h := NewHandler(cfg)
+			req := revRequest(http.MethodGet)
+			b.ReportAllocs()
+			for b.Loop() {
+				if c.want {
+					req.Header.Set(coldstart.RequestHeader, "1")
+				}
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if c.want && rec.Header().Get(coldstart.ResponseHeader) != coldstart.Warm {
+					b.Fatal("no warm header")
+				}
+			}
+		})
+	}
 }
