@@ -26,12 +26,14 @@ type RecorderOptions struct {
 }
 
 // Recorder follows the autoscaler's side of cold starts: a record opens
-// when a poke is accepted for a revision at desired scale 0, notes the
-// first decision above 0, and completes when the /scale patch from 0
-// returns OK; completed records go to the Ring. At most one record per
-// revision is open; it is dropped when the revision's PA is deleted or
-// after MaxAge. Methods are safe for concurrent use; times are passed in by
-// the callers, which own the clock.
+// when a poke is accepted for a revision at desired scale 0 (or, without a
+// poke, at the decision that takes it above 0: a periodic stat woke it),
+// notes the first decision above 0, and completes when the /scale patch
+// from 0 returns OK; completed records go to the Ring. At most one record
+// per revision is open; it is replaced by the next scale from zero, and
+// dropped when the revision's PA is deleted or after MaxAge. Methods are
+// safe for concurrent use; times are passed in by the callers, which own
+// the clock.
 type Recorder struct {
 	opts   RecorderOptions
 	hist   *prometheus.HistogramVec
@@ -42,8 +44,9 @@ type Recorder struct {
 }
 
 type scaleStart struct {
-	rec  ScaleRecord
-	span trace.Span
+	rec    ScaleRecord
+	opened time.Time
+	span   trace.Span
 }
 
 // NewRecorder returns a Recorder.
@@ -72,39 +75,29 @@ func NewRecorder(opts RecorderOptions) *Recorder {
 func (r *Recorder) Ring() *Ring { return r.opts.Ring }
 
 // PokeReceived opens a record for key: a poke received at at was accepted
-// while its desired scale was 0. An open record keeps its earlier poke.
+// while its desired scale was 0. An open record still waiting for its
+// decision keeps its earlier poke; one already decided is stale (the
+// revision went back to 0 without a patch from 0) and is replaced.
 func (r *Recorder) PokeReceived(key types.NamespacedName, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s := r.open[key]; s != nil {
-		if at.Sub(s.rec.PokeReceived) <= r.opts.MaxAge {
+		if s.rec.Decided.IsZero() && at.Sub(s.opened) <= r.opts.MaxAge {
 			return
 		}
-		r.dropLocked(key, s, "expired")
+		r.dropLocked(key, s, "superseded")
 	}
-	if len(r.open) >= r.opts.MaxOpen {
-		for k, s := range r.open {
-			if at.Sub(s.rec.PokeReceived) > r.opts.MaxAge {
-				r.dropLocked(k, s, "expired")
-			}
-		}
-		if len(r.open) >= r.opts.MaxOpen {
-			return
+	if s := r.openLocked(key, at); s != nil {
+		s.rec.PokeReceived = at
+		if s.span != nil {
+			s.span.AddEvent(EventPokeReceived, trace.WithTimestamp(at))
 		}
 	}
-	s := &scaleStart{rec: ScaleRecord{Namespace: key.Namespace, Revision: key.Name, PokeReceived: at}}
-	if r.tracer != nil {
-		_, s.span = r.tracer.Start(context.Background(), spanName, trace.WithTimestamp(at), trace.WithAttributes(
-			attribute.String("kn.revision.name", key.Name),
-			attribute.String("k8s.namespace.name", key.Namespace),
-		))
-		s.span.AddEvent(EventPokeReceived, trace.WithTimestamp(at))
-	}
-	r.open[key] = s
 }
 
-// Decided notes a decision for key at at; the first one above 0 of an
-// open record counts.
+// Decided notes that key's desired scale went from 0 to desired at at. It
+// completes the decision of an open record waiting for one, or opens a
+// record without a poke.
 func (r *Recorder) Decided(key types.NamespacedName, at time.Time, desired int32) {
 	if desired <= 0 {
 		return
@@ -112,8 +105,14 @@ func (r *Recorder) Decided(key types.NamespacedName, at time.Time, desired int32
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.open[key]
-	if s == nil || !s.rec.Decided.IsZero() {
-		return
+	if s != nil && (!s.rec.Decided.IsZero() || at.Sub(s.opened) > r.opts.MaxAge) {
+		r.dropLocked(key, s, "superseded")
+		s = nil
+	}
+	if s == nil {
+		if s = r.openLocked(key, at); s == nil {
+			return
+		}
 	}
 	s.rec.Decided = at
 	if s.span != nil {
@@ -121,9 +120,33 @@ func (r *Recorder) Decided(key types.NamespacedName, at time.Time, desired int32
 	}
 }
 
+// openLocked adds an open record for key at at, or returns nil when
+// MaxOpen records are open and none has expired.
+func (r *Recorder) openLocked(key types.NamespacedName, at time.Time) *scaleStart {
+	if len(r.open) >= r.opts.MaxOpen {
+		for k, s := range r.open {
+			if at.Sub(s.opened) > r.opts.MaxAge {
+				r.dropLocked(k, s, "expired")
+			}
+		}
+		if len(r.open) >= r.opts.MaxOpen {
+			return nil
+		}
+	}
+	s := &scaleStart{rec: ScaleRecord{Namespace: key.Namespace, Revision: key.Name}, opened: at}
+	if r.tracer != nil {
+		_, s.span = r.tracer.Start(context.Background(), spanName, trace.WithTimestamp(at), trace.WithAttributes(
+			attribute.String("kn.revision.name", key.Name),
+			attribute.String("k8s.namespace.name", key.Namespace),
+		))
+	}
+	r.open[key] = s
+	return s
+}
+
 // ScaleWritten completes key's open record: the /scale patch from 0 to
 // desired returned OK at at. Without an open record (a scale from zero no
-// poke asked for, e.g. a min-scale change) it does nothing.
+// decision asked for, e.g. a min-scale change) it does nothing.
 func (r *Recorder) ScaleWritten(key types.NamespacedName, at time.Time, desired int32) {
 	r.mu.Lock()
 	s := r.open[key]

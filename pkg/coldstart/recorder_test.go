@@ -85,13 +85,15 @@ func TestRecorder(t *testing.T) {
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
 	t0 := time.Unix(5000, 0)
 
-	rc.ScaleWritten(rev, t0, 1) // nothing open: not a poked cold start
-	rc.Decided(rev, t0, 1)
-	rc.PokeReceived(rev, t0)
+	rc.ScaleWritten(rev, t0, 1) // nothing open: not a cold start
+	if rc.Open() != 0 || len(rc.Ring().Snapshot()) != 0 {
+		t.Fatal("a patch without a record made one")
+	}
+	rc.Decided(rev, t0.Add(-time.Second), 1)       // opens one without a poke...
+	rc.PokeReceived(rev, t0)                       // ...which a new poke supersedes: it went back to 0 unpatched
 	rc.PokeReceived(rev, t0.Add(time.Millisecond)) // keeps the first
 	rc.Decided(rev, t0.Add(2*time.Millisecond), 0) // not > 0
 	rc.Decided(rev, t0.Add(3*time.Millisecond), 2)
-	rc.Decided(rev, t0.Add(4*time.Millisecond), 3) // only the first > 0
 	rc.ScaleWritten(rev, t0.Add(10*time.Millisecond), 2)
 
 	got := rc.Ring().Snapshot()
@@ -110,9 +112,12 @@ func TestRecorder(t *testing.T) {
 		}
 	}
 	ended := spans.Ended()
-	if len(ended) != 1 || ended[0].Name() != "coldstart" || len(ended[0].Events()) != 3 ||
-		ended[0].Events()[1].Name != EventDecided || !ended[0].EndTime().Equal(want.ScaleWritten) {
-		t.Fatalf("spans = %+v", ended)
+	if len(ended) != 2 || ended[0].Status().Description != "superseded" {
+		t.Fatalf("spans = %+v, want the superseded one and the completed one", ended)
+	}
+	if c := ended[1]; c.Name() != "coldstart" || len(c.Events()) != 3 || c.Events()[0].Name != EventPokeReceived ||
+		c.Events()[1].Name != EventDecided || c.Events()[2].Name != EventScaleWritten || !c.EndTime().Equal(want.ScaleWritten) {
+		t.Fatalf("completed span = %+v", c)
 	}
 	if rc.Open() != 0 {
 		t.Fatalf("open = %d after completion", rc.Open())
@@ -142,5 +147,19 @@ func TestRecorder(t *testing.T) {
 	}
 	if n, _ := count(t, reg, autoscalerHist, PhaseDecide); n != 1 {
 		t.Fatalf("decide observed %d times; a record without a decision must not add one", n)
+	}
+
+	// A periodic stat, not a poke, took it above 0: the record has no poke.
+	rc.Decided(other("d"), late, 1)
+	rc.ScaleWritten(other("d"), late.Add(2*time.Millisecond), 1)
+	s := rc.Ring().Snapshot()
+	if last := s[len(s)-1]; last.Revision != "d" || !last.PokeReceived.IsZero() || !last.Decided.Equal(late) {
+		t.Fatalf("pokeless record = %+v", last)
+	}
+	if n, _ := count(t, reg, autoscalerHist, PhaseScale); n != 2 {
+		t.Fatalf("scale observed %d times, want 2", n)
+	}
+	if n, _ := count(t, reg, autoscalerHist, PhaseTotal); n != 2 {
+		t.Fatalf("total observed %d times, want 2 (not for the pokeless record)", n)
 	}
 }

@@ -67,7 +67,8 @@ type Status struct {
 type ColdStarts interface {
 	// PokeReceived: a poke for key arrived at at while its desired scale was 0.
 	PokeReceived(key types.NamespacedName, at time.Time)
-	// Decided: the desired scale of key went from 0 or less to desired > 0.
+	// Decided: the desired scale of key went from 0 to desired > 0 (not
+	// from −1: a new revision's first decision is no cold start).
 	Decided(key types.NamespacedName, at time.Time, desired int32)
 	// Forget: key's decider was deleted.
 	Forget(key types.NamespacedName)
@@ -407,7 +408,7 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	}
 	changed := r.status.DesiredScale != d.DesiredScale ||
 		(r.status.ExcessBurstCapacity < 0) != (d.ExcessBurstCapacity < 0)
-	if m.cold != nil && r.status.DesiredScale <= 0 && d.DesiredScale > 0 {
+	if m.cold != nil && r.status.DesiredScale == 0 && d.DesiredScale > 0 {
 		m.cold.Decided(r.key, now, d.DesiredScale)
 	}
 	r.status = Status{DesiredScale: d.DesiredScale, ExcessBurstCapacity: d.ExcessBurstCapacity, InPanic: d.InPanic}

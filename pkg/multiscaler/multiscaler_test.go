@@ -347,6 +347,31 @@ func TestColdStartTimes(t *testing.T) {
 	if rec.Open() != 0 {
 		t.Fatal("deleting the decider left its record open")
 	}
+
+	// A new revision's first decision above 0 (from −1) is no cold start;
+	// a tick, not a poke, taking it from 0 above 0 opens a record without
+	// a poke.
+	h.src.set(5, 5, 0)
+	h.ms.Create(key, s, Labels{})
+	h.step(2 * time.Second)
+	h.expectRead()
+	h.expectInform(true) // −1 → 1
+	if rec.Open() != 0 {
+		t.Fatal("a new revision's first decision opened a record")
+	}
+	h.src.set(0, 0, 1)
+	h.step(2 * time.Second)
+	h.expectRead()
+	h.expectInform(true) // 1 → 0
+	h.src.set(5, 5, 0)
+	h.step(2 * time.Second)
+	h.expectRead()
+	h.expectInform(true) // 0 → 1 on the tick
+	rec.ScaleWritten(key, h.clk.Now(), 1)
+	got = rec.Ring().Snapshot()
+	if last := got[len(got)-1]; len(got) != 2 || !last.PokeReceived.IsZero() || !last.Decided.Equal(h.clk.Now()) {
+		t.Fatalf("records = %+v, want a second one without a poke", got)
+	}
 }
 
 // Poke must return at once even while the scheduler is busy (here: stuck in
