@@ -43,11 +43,21 @@ test-e2e:
 # Every test tier that exists.
 test: lint test-pod test-fuzz test-e2e
 
+# All benchmarks, one after the other (the lab's must not share the CPUs with the core ones), then one
+# report: bin/bench-report.md holds the core benchstat table and the lab tables.
+bench:
+	$(MAKE) bench-core
+	$(MAKE) bench-lab
+	{ echo '# Thaw benchmarks'; echo; echo '## Core: Thaw vs upstream (benchstat, impl=thaw vs impl=upstream)'; \
+	  echo; echo '```'; cat $(BIN)/bench-report.txt; echo '```'; echo; \
+	  sed -e 's/^#/##/' $(BIN)/perf-lab-report.md; } > $(BIN)/bench-report.md
+	@echo "report: $(BIN)/bench-report.md"
+
 # Thaw-vs-upstream benchmark pairs (tag upstreambench builds upstream's Throttler in), compared by
 # benchstat, impl=thaw vs impl=upstream. The throttler's pairs are top-level benchmarks (ThawTry,
 # UpstreamThrottlerTry), renamed to Try/impl=*/... for the comparison; bench.txt keeps the raw output,
 # including the benchmarks without a pair.
-bench:
+bench-core:
 	mkdir -p $(BIN)
 	set -o pipefail; $(GO) test -tags upstreambench -run='^$$' -bench=. -benchmem -count=6 \
 	  ./perf/core ./pkg/throttler | tee $(BIN)/bench.txt
@@ -56,6 +66,16 @@ bench:
 	  $(BIN)/bench.txt > $(BIN)/bench-impl.txt
 	set -o pipefail; $(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da \
 	  -filter '/impl:(thaw OR upstream)' -col /impl $(BIN)/bench-impl.txt | tee $(BIN)/bench-report.txt
+
+# Lab benchmarks (perf/lab, root): dataplane-probe, load-test from zero and the activator's RSS under
+# overload, each with upstream's activator and autoscaler and then with Thaw's, in one run. Brings the
+# lab up (or reuses a running one) and down at the end unless THAW_KEEP_LAB=1; knobs in perf/lab/README.md.
+bench-lab:
+	mkdir -p $(BIN)
+	THAW_PERF_LAB=1 THAW_PERF_LAB_REPORT=$(BIN)/perf-lab-report.md $(GO) test -tags e2e -count=1 \
+	  -run '^TestLabPerf$$' -v -timeout 30m ./perf/lab/
+
+.PHONY: bench-core bench-lab
 
 # The lab with Thaw swapped in, helloworld-go cold-started and scaled back to zero; the lab stays up.
 run:

@@ -156,23 +156,26 @@ func swapTo(ctx context.Context, t *testing.T, im swap.Images) *corev1.Pod {
 	if err := env.stack.Swap(ctx, im); err != nil {
 		t.Fatal(err)
 	}
+	rolled := time.Since(t0)
 	if err := waitAutoscalerLeads(ctx, im["autoscaler"]); err != nil {
 		t.Fatal(err)
 	}
+	leads := time.Since(t0)
 	act, err := readyPod(ctx, "knative-serving", "app=activator", im["activator"], time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	err = kube.Poll(wctx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
 		pods, err := env.client.Kube.CoreV1().Pods("knative-serving").List(ctx, metav1.ListOptions{LabelSelector: "app=activator"})
 		return err == nil && len(pods.Items) == 1, nil
 	})
 	if err != nil {
-		t.Logf("the previous activator pod is still there after 90 s; measuring anyway")
+		t.Logf("the previous activator pod is still there after 60 s; measuring anyway")
 	}
-	t.Logf("swapped to %v in %s; activator pod %s at %s", im, time.Since(t0).Round(time.Millisecond), act.Name, act.Status.PodIP)
+	t.Logf("swapped to %v: rolled out at %s, its autoscaler leads at %s, the old activator gone at %s; activator pod %s at %s",
+		im, rolled.Round(time.Millisecond), leads.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), act.Name, act.Status.PodIP)
 	return act
 }
 

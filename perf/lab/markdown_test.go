@@ -21,34 +21,40 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 		"(below 1 is better for Thaw). Latencies in ms.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04"), runtime.NumCPU(), elapsed.Round(time.Second))
 
-	fmt.Fprintf(&b, "## dataplane-probe\n\n%d requests/s for %s per path against `?sleep=%d` (upstream: 1000/s for 3 min); "+
+	fmt.Fprintf(&b, "## dataplane-probe\n\n%s requests/s for %s per path and rate against `?sleep=%d` (upstream: 1000/s for 3 min); "+
 		"one pod (min-scale = max-scale = 1, TBC -1, CC 0); `direct` is the user container, `queue-proxy` the pod's :8012, "+
-		"`activator` the activator pod's :8012 with the revision headers.\n\n", cfg.rps, cfg.seconds, cfg.sleepMs)
-	dp := Table{Header: []string{"path", "side", "requests", "errors", "p50", "p95", "p99", "max", "codes"}}
-	for _, p := range paths {
-		for _, sd := range []string{"upstream", "thaw"} {
-			s, ok := r.dataplane[sd][p]
-			if !ok {
-				dp.Add(p, sd, "not run")
-				continue
+		"`activator` the activator pod's :8012 with the revision headers. Everything (load generator, "+
+		"activator, queue-proxy, app, the cluster) shares the same CPUs; the activator Deployment's CPU limit "+
+		"(1 core) is upstream's, for both sides.\n\n", joinInts(cfg.rates, ", "), cfg.seconds, cfg.sleepMs)
+	dp := Table{Header: []string{"req/s", "path", "side", "requests", "errors", "p50", "p95", "p99", "max", "codes"}}
+	for _, rate := range cfg.rates {
+		for _, p := range paths {
+			for _, sd := range []string{"upstream", "thaw"} {
+				s, ok := r.dataplane[sd][dpKey{rate, p}]
+				if !ok {
+					dp.Add(fmt.Sprint(rate), p, sd, "not run")
+					continue
+				}
+				dp.Add(fmt.Sprint(rate), p, sd, fmt.Sprint(s.Requests), fmt.Sprint(s.Errors), Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString())
 			}
-			dp.Add(p, sd, fmt.Sprint(s.Requests), fmt.Sprint(s.Errors), Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString())
 		}
 	}
 	b.WriteString(dp.Markdown())
-	added := Table{Header: []string{"activator added latency (activator − queue-proxy)", "upstream", "thaw", "ratio"}}
-	for _, q := range []struct {
-		name string
-		of   func(Summary) time.Duration
-	}{{"p50", func(s Summary) time.Duration { return s.P50 }}, {"p95", func(s Summary) time.Duration { return s.P95 }},
-		{"p99", func(s Summary) time.Duration { return s.P99 }}} {
-		u, uok := addedLatency(r.dataplane["upstream"], q.of)
-		th, tok := addedLatency(r.dataplane["thaw"], q.of)
-		if !uok || !tok {
-			added.Add(q.name, "n/a", "n/a", "n/a")
-			continue
+	added := Table{Header: []string{"req/s", "activator added latency (activator − queue-proxy)", "upstream", "thaw", "ratio"}}
+	for _, rate := range cfg.rates {
+		for _, q := range []struct {
+			name string
+			of   func(Summary) time.Duration
+		}{{"p50", func(s Summary) time.Duration { return s.P50 }}, {"p95", func(s Summary) time.Duration { return s.P95 }},
+			{"p99", func(s Summary) time.Duration { return s.P99 }}} {
+			u, uok := addedLatency(r.dataplane["upstream"], rate, q.of)
+			th, tok := addedLatency(r.dataplane["thaw"], rate, q.of)
+			if !uok || !tok {
+				added.Add(fmt.Sprint(rate), q.name, "n/a", "n/a", "n/a")
+				continue
+			}
+			added.Add(fmt.Sprint(rate), q.name, Ms(u), Ms(th), Ratio(float64(th), float64(u)))
 		}
-		added.Add(q.name, Ms(u), Ms(th), Ratio(float64(th), float64(u)))
 	}
 	b.WriteString("\n" + added.Markdown())
 
@@ -129,9 +135,9 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 }
 
 // addedLatency is the activator path's quantile minus the queue-proxy path's.
-func addedLatency(dp map[string]Summary, of func(Summary) time.Duration) (time.Duration, bool) {
-	a, ok1 := dp["activator"]
-	q, ok2 := dp["queue-proxy"]
+func addedLatency(dp map[dpKey]Summary, rate int, of func(Summary) time.Duration) (time.Duration, bool) {
+	a, ok1 := dp[dpKey{rate, "activator"}]
+	q, ok2 := dp[dpKey{rate, "queue-proxy"}]
 	if !ok1 || !ok2 {
 		return 0, false
 	}
@@ -143,4 +149,12 @@ func stepAt(s []stepResult, i int) (stepResult, bool) {
 		return s[i], true
 	}
 	return stepResult{}, false
+}
+
+func joinInts(v []int, sep string) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, sep)
 }

@@ -25,8 +25,8 @@ import (
 // config holds the run's knobs (environment, see README.md).
 type config struct {
 	report string
-	// dataplane-probe
-	rps     int
+	// dataplane-probe: each rate in turn
+	rates   []int
 	seconds time.Duration
 	sleepMs int
 	// load-test
@@ -54,8 +54,7 @@ func envInt(t *testing.T, key string, def int) int {
 func loadConfig(t *testing.T) config {
 	c := config{
 		report:    os.Getenv("THAW_PERF_LAB_REPORT"),
-		rps:       envInt(t, "THAW_PERF_LAB_RPS", 1000),
-		seconds:   time.Duration(envInt(t, "THAW_PERF_LAB_SECONDS", 25)) * time.Second,
+		seconds:   time.Duration(envInt(t, "THAW_PERF_LAB_SECONDS", 20)) * time.Second,
 		sleepMs:   100,
 		stepDur:   time.Duration(envInt(t, "THAW_PERF_LAB_STEP_SECONDS", 20)) * time.Second,
 		target:    envInt(t, "THAW_PERF_LAB_TARGET", 10),
@@ -68,18 +67,25 @@ func loadConfig(t *testing.T) config {
 	} else if !filepath.IsAbs(c.report) {
 		c.report = filepath.Join(env.repo, c.report)
 	}
-	steps := os.Getenv("THAW_PERF_LAB_STEPS")
-	if steps == "" {
-		steps = "50,100,150"
+	c.rates = envRates(t, "THAW_PERF_LAB_RPS", "1000,250")
+	c.steps = envRates(t, "THAW_PERF_LAB_STEPS", "50,100,150")
+	return c
+}
+
+func envRates(t *testing.T, key, def string) []int {
+	v := os.Getenv(key)
+	if v == "" {
+		v = def
 	}
-	for _, f := range strings.Split(steps, ",") {
+	var out []int
+	for _, f := range strings.Split(v, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
-			t.Fatalf("THAW_PERF_LAB_STEPS=%q: want comma-separated positive rates", steps)
+			t.Fatalf("%s=%q: want comma-separated positive rates", key, v)
 		}
-		c.steps = append(c.steps, n)
+		out = append(out, n)
 	}
-	return c
+	return out
 }
 
 // side is one set of components under test.
@@ -90,6 +96,11 @@ type side struct {
 
 // Dataplane paths, in the order they run.
 var paths = []string{"direct", "queue-proxy", "activator"}
+
+type dpKey struct {
+	rate int
+	path string
+}
 
 type stepResult struct {
 	rate int
@@ -110,7 +121,7 @@ type overloadResult struct {
 // results of both sides, filled by the subtests and rendered at the end.
 type results struct {
 	mu        sync.Mutex
-	dataplane map[string]map[string]Summary // side → path
+	dataplane map[string]map[dpKey]Summary // side → rate and path
 	load      map[string][]stepResult
 	overload  map[string]*overloadResult
 }
@@ -121,7 +132,7 @@ func TestLabPerf(t *testing.T) {
 	}
 	cfg := loadConfig(t)
 	ctx := context.Background()
-	res := &results{dataplane: map[string]map[string]Summary{}, load: map[string][]stepResult{}, overload: map[string]*overloadResult{}}
+	res := &results{dataplane: map[string]map[dpKey]Summary{}, load: map[string][]stepResult{}, overload: map[string]*overloadResult{}}
 	t0 := time.Now()
 	t.Cleanup(func() {
 		if err := os.MkdirAll(filepath.Dir(cfg.report), 0o755); err != nil {
@@ -175,15 +186,17 @@ func dataplane(ctx context.Context, t *testing.T, cfg config, sideName string, a
 	if err := waitOK(ctx, targets["activator"].URL, targets["activator"].Header, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]Summary{}
-	for _, p := range paths {
-		tg := targets[p]
-		// Warm-up: connections, the activator's pod probes and Go's allocator, not measured.
-		attack{target: tg, rate: cfg.rps, dur: 2 * time.Second, timeout: 30 * time.Second}.run(ctx)
-		s := Summarize(attack{target: tg, rate: cfg.rps, dur: cfg.seconds, timeout: 30 * time.Second}.run(ctx))
-		out[p] = s
-		t.Logf("%s %s: %d requests, p50 %s p95 %s p99 %s max %s ms, codes %s", sideName, p, s.Requests,
-			Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString())
+	out := map[dpKey]Summary{}
+	for _, rate := range cfg.rates {
+		for _, p := range paths {
+			tg := targets[p]
+			// Warm-up: connections, the activator's pod probes and Go's allocator, not measured.
+			attack{target: tg, rate: rate, dur: 2 * time.Second, timeout: 30 * time.Second}.run(ctx)
+			s := Summarize(attack{target: tg, rate: rate, dur: cfg.seconds, timeout: 30 * time.Second}.run(ctx))
+			out[dpKey{rate, p}] = s
+			t.Logf("%s %d/s %s: %d requests, p50 %s p95 %s p99 %s max %s ms, codes %s", sideName, rate, p, s.Requests,
+				Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString())
+		}
 	}
 	res.mu.Lock()
 	res.dataplane[sideName] = out
