@@ -103,7 +103,7 @@ type Deps struct {
 	Clock         clock.WithTicker
 	Logger        *zap.SugaredLogger
 	// ColdStarts, if set, is told when a /scale patch from 0 returned OK
-	// (coldstart.Recorder completes the record its poke opened).
+	// (coldstart.Recorder completes the revision's open record).
 	ColdStarts ScaleWatcher
 }
 
