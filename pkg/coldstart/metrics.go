@@ -19,9 +19,11 @@ const (
 	PhaseTotal = "total"
 )
 
-// Buckets span 1 ms (the Knative-attributable steps) to 60 s (a slow image
-// pull), roughly ×2–2.5 apart.
-var Buckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60}
+// Buckets returns the histogram buckets: 1 ms (the Knative-attributable
+// steps) to 60 s (a slow image pull), roughly ×2–2.5 apart.
+func Buckets() []float64 {
+	return []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60}
+}
 
 // newHistogram returns thaw_<component>_coldstart_phase_seconds{phase},
 // registered with reg when non-nil.
@@ -29,7 +31,7 @@ func newHistogram(component string, reg prometheus.Registerer) *prometheus.Histo
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "thaw_" + component + "_coldstart_phase_seconds",
 		Help:    "Duration of each phase of a cold start, as seen by the " + component + ".",
-		Buckets: Buckets,
+		Buckets: Buckets(),
 	}, []string{"phase"})
 	if reg != nil {
 		reg.MustRegister(h)

@@ -313,8 +313,8 @@ func TestWriterInformationalIsNotFirstByte(t *testing.T) {
 }
 
 func TestPhaseHistogramBuckets(t *testing.T) {
-	if Buckets[0] != 0.001 || Buckets[len(Buckets)-1] != 60 {
-		t.Fatalf("buckets %v do not span 1 ms..60 s", Buckets)
+	if b := Buckets(); b[0] != 0.001 || b[len(b)-1] != 60 {
+		t.Fatalf("buckets %v do not span 1 ms..60 s", b)
 	}
 	reg := prometheus.NewRegistry()
 	// Both register under distinct names in one registry (MustRegister
@@ -332,8 +332,8 @@ func TestPhaseHistogramBuckets(t *testing.T) {
 	var names []string
 	for _, mf := range mfs {
 		names = append(names, mf.GetName())
-		if got := len(mf.GetMetric()[0].GetHistogram().GetBucket()); got != len(Buckets) {
-			t.Errorf("%s has %d buckets, want %d", mf.GetName(), got, len(Buckets))
+		if got := len(mf.GetMetric()[0].GetHistogram().GetBucket()); got != len(Buckets()) {
+			t.Errorf("%s has %d buckets, want %d", mf.GetName(), got, len(Buckets()))
 		}
 	}
 	if got := strings.Join(names, ","); got != "thaw_activator_coldstart_phase_seconds,thaw_autoscaler_coldstart_phase_seconds" {
