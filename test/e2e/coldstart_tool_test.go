@@ -70,6 +70,10 @@ func TestColdstartTool(t *testing.T) {
 	for _, s := range doc.Samples {
 		checkColdStartSample(t, s)
 	}
+	if t.Failed() {
+		csv, _ := os.ReadFile(filepath.Join(out, "coldstart.csv"))
+		t.Logf("coldstart.csv:\n%s", csv)
+	}
 	if got := gracePeriod(t); got != graceBefore {
 		t.Errorf("scale-to-zero-grace-period %q after the run, was %q", got, graceBefore)
 	}
@@ -116,8 +120,14 @@ func checkColdStartSample(t *testing.T, s report.Sample) {
 		return
 	}
 	th := s.Thaw
-	order("Thaw: send ≤ arrival ≤ poke ≤ decided ≤ scale written ≤ first byte", s.Send, th.Arrival, th.PokeSent, th.Decided, th.ScaleWritten, th.FirstByte)
-	order("Thaw: activator pod ready ≤ first byte ≤ client first byte", th.PodReady, th.FirstByte, s.FirstByte)
+	order("Thaw's activator: send ≤ arrival ≤ poke ≤ pod ready ≤ first byte ≤ client first byte",
+		s.Send, th.Arrival, th.PokeSent, th.PodReady, th.FirstByte, s.FirstByte)
+	if th.Decided.IsZero() {
+		t.Errorf("%s: Thaw's autoscaler has no /debug/coldstarts record of this cold start (request→scale %s): the poke did not drive the scale-up",
+			name, s.Scale.Sub(s.Send))
+	} else {
+		order("Thaw's autoscaler: poke sent ≤ decided ≤ scale written", th.PokeSent, th.Decided, th.ScaleWritten)
+	}
 	for _, p := range report.Phases {
 		if _, ok := p.Of(&s); !ok {
 			t.Errorf("%s: phase %s not measured", name, p.Name)

@@ -22,20 +22,22 @@ func TestParseAuditLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := splitLines(b)
+	// Lines of the lab apiserver's audit log: Thaw's autoscaler scaling from and to zero, upstream's
+	// scaling up, the lab's server-side apply of the activator, an image swap.
 	cases := []struct {
 		name string
 		line int
 		ok   bool
 		want ScaleEvent
 	}{
-		{"upstream JSON patch of the Deployment", 0, true, ScaleEvent{Namespace: "coldstart", Name: "cs-000-00001-deployment",
-			Verb: "patch", Replicas: 1, Received: mustTime(t, "2026-11-26T19:40:01.100200Z"), Completed: mustTime(t, "2026-11-26T19:40:01.104700Z")}},
-		{"Thaw's patch of the scale subresource", 1, true, ScaleEvent{Namespace: "coldstart", Name: "cs-001-00001-deployment",
-			Subresource: "scale", Verb: "patch", Replicas: 1, Received: mustTime(t, "2026-11-26T19:40:02.000001Z"), Completed: mustTime(t, "2026-11-26T19:40:02.002501Z")}},
-		{"scale to zero", 2, true, ScaleEvent{Namespace: "coldstart", Name: "cs-000-00001-deployment",
-			Verb: "patch", Replicas: 0, Received: mustTime(t, "2026-11-26T19:40:30.5Z"), Completed: mustTime(t, "2026-11-26T19:40:30.503Z")}},
-		{"failed update", 3, false, ScaleEvent{}},
-		{"update without replicas", 4, false, ScaleEvent{}},
+		{"Thaw's scale patch from zero", 0, true, ScaleEvent{Namespace: "coldstart-e2e", Name: "cs-000-00001-deployment",
+			Subresource: "scale", Verb: "patch", Replicas: 1, Received: mustTime(t, "2026-11-26T19:45:12.313966Z"), Completed: mustTime(t, "2026-11-26T19:45:12.322130Z")}},
+		{"scale to zero", 1, true, ScaleEvent{Namespace: "coldstart-e2e", Name: "cs-000-00001-deployment",
+			Subresource: "scale", Verb: "patch", Replicas: 0, Received: mustTime(t, "2026-11-26T19:45:20.338877Z"), Completed: mustTime(t, "2026-11-26T19:45:20.351419Z")}},
+		{"upstream's scale patch", 2, true, ScaleEvent{Namespace: "default", Name: "fa-steps-upstream-00001-deployment",
+			Subresource: "scale", Verb: "patch", Replicas: 2, Received: mustTime(t, "2026-11-26T19:40:17.276114Z"), Completed: mustTime(t, "2026-11-26T19:40:17.292853Z")}},
+		{"apply without replicas", 3, false, ScaleEvent{}},
+		{"image swap", 4, false, ScaleEvent{}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -64,6 +66,15 @@ func TestParseAuditLineRejects(t *testing.T) {
 	} {
 		if ev, ok, err := ParseAuditLine([]byte(line)); ok || err != nil {
 			t.Errorf("%s: got %+v ok=%v err=%v, want skipped", name, ev, ok, err)
+		}
+	}
+	// Writes of the Deployment itself: a JSON patch replacing replicas, a whole-object update.
+	for name, line := range map[string]string{
+		"JSON patch": `{"stage":"ResponseComplete","verb":"patch","objectRef":{"resource":"deployments","apiGroup":"apps","namespace":"x","name":"d"},"responseStatus":{"code":200},"requestObject":[{"op":"replace","path":"/spec/replicas","value":3}]}`,
+		"update":     `{"stage":"ResponseComplete","verb":"update","objectRef":{"resource":"deployments","apiGroup":"apps","namespace":"x","name":"d"},"responseStatus":{"code":200},"requestObject":{"kind":"Deployment","spec":{"replicas":3}}}`,
+	} {
+		if ev, ok, err := ParseAuditLine([]byte(line)); !ok || err != nil || ev.Replicas != 3 || ev.Subresource != "" {
+			t.Errorf("%s: got %+v ok=%v err=%v, want replicas 3", name, ev, ok, err)
 		}
 	}
 	if _, _, err := ParseAuditLine([]byte(`{"stage":`)); err == nil {
@@ -112,12 +123,12 @@ func TestAuditLogFollowsAppendsAndRotation(t *testing.T) {
 	l1 := lines[1]
 	appendFile(append(append(append([]byte{}, l1...), '\n'), lines[2][:40]...))
 	evs, err := a.Read()
-	if err != nil || len(evs) != 1 || evs[0].Name != "cs-001-00001-deployment" {
+	if err != nil || len(evs) != 1 || evs[0].Replicas != 0 {
 		t.Fatalf("first read: %+v %v", evs, err)
 	}
 	appendFile(append(append([]byte{}, lines[2][40:]...), '\n'))
 	evs, err = a.Read()
-	if err != nil || len(evs) != 1 || evs[0].Replicas != 0 {
+	if err != nil || len(evs) != 1 || evs[0].Name != "fa-steps-upstream-00001-deployment" {
 		t.Fatalf("second read: %+v %v", evs, err)
 	}
 	if evs, err := a.Read(); err != nil || len(evs) != 0 {
