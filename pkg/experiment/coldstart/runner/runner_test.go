@@ -2,13 +2,18 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/measure"
+	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/report"
 )
 
 func TestParseLevels(t *testing.T) {
@@ -153,5 +158,42 @@ func TestSetConfigKeyRestores(t *testing.T) {
 	}
 	if _, err := setConfigKey(ctx, fake.NewClientset(), graceKey, minGrace); err == nil {
 		t.Error("a missing config-autoscaler must be an error")
+	}
+}
+
+func TestThawTimesJoinsHeaderAndRecord(t *testing.T) {
+	send := time.Date(2026, 11, 26, 19, 45, 11, 0, time.UTC)
+	ns := func(d time.Duration) int64 { return send.Add(d).UnixNano() }
+	h := fmt.Sprintf("arrival=%d;poke=%d;ready=%d;firstbyte=%d;pod=10.88.1.9:8012",
+		ns(time.Millisecond), ns(1100*time.Microsecond), ns(600*time.Millisecond), ns(603*time.Millisecond))
+	recs := []measure.ScaleRecord{
+		{Namespace: "coldstart", Revision: "cs-000-00001", PokeReceived: send.Add(-time.Minute), Decided: send.Add(-time.Minute)}, // an earlier cold start
+		{Namespace: "coldstart", Revision: "cs-000-00001", PokeReceived: send.Add(1300 * time.Microsecond),
+			Decided: send.Add(1500 * time.Microsecond), ScaleWritten: send.Add(4 * time.Millisecond), DesiredScale: 1},
+	}
+	s := &report.Sample{Revision: "cs-000-00001", Send: send, FirstByte: send.Add(604 * time.Millisecond)}
+	tt := thawTimes(h, recs, "coldstart", s)
+	if tt.Warm || tt.Pod != "10.88.1.9:8012" || !tt.Arrival.Equal(send.Add(time.Millisecond)) ||
+		!tt.Decided.Equal(send.Add(1500*time.Microsecond)) || !tt.ScaleWritten.Equal(send.Add(4*time.Millisecond)) {
+		t.Errorf("joined %+v", tt)
+	}
+	if tt := thawTimes("warm", recs, "coldstart", s); !tt.Warm || !tt.Arrival.IsZero() {
+		t.Errorf("warm: %+v", tt)
+	}
+	// A malformed header keeps its text for the files and adds no instant.
+	if tt := thawTimes("arrival=x", recs, "coldstart", s); tt.Header != "arrival=x" || !tt.Decided.IsZero() {
+		t.Errorf("malformed: %+v", tt)
+	}
+}
+
+func TestBrief(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ss := []report.Sample{
+		{Status: 200, Send: t0, FirstByte: t0.Add(400 * time.Millisecond)},
+		{Status: 200, Send: t0, FirstByte: t0.Add(600 * time.Millisecond)},
+		{Status: 503},
+	}
+	if got := brief(ss); got != "2 ok, 1 failed (first: 503 ), total p50 400ms max 600ms" {
+		t.Errorf("brief = %q", got)
 	}
 }
