@@ -37,6 +37,7 @@ func (a attack) run(ctx context.Context) []Sample {
 	defer tr.CloseIdleConnections()
 	cl := &http.Client{Transport: cutTransport{rt: tr, cut: cutCtx}, Timeout: a.timeout}
 	atk := vegeta.NewAttacker(vegeta.Client(cl), vegeta.MaxBody(4096))
+	began := time.Now()
 	results := atk.Attack(vegeta.NewStaticTargeter(a.target), vegeta.ConstantPacer{Freq: a.rate, Per: time.Second}, a.dur, "")
 	stop := context.AfterFunc(ctx, func() { atk.Stop() })
 	defer stop()
@@ -46,7 +47,7 @@ func (a attack) run(ctx context.Context) []Sample {
 	}
 	out := make([]Sample, 0, a.rate*int(a.dur/time.Second)+16)
 	for r := range results {
-		out = append(out, Sample{Latency: r.Latency, Code: int(r.Code), Err: r.Error})
+		out = append(out, Sample{Start: r.Timestamp.Sub(began), Latency: r.Latency, Code: int(r.Code), Err: r.Error})
 	}
 	return out
 }

@@ -308,3 +308,63 @@ func restarts(ctx context.Context, name, container string) int32 {
 	}
 	return -1
 }
+
+// cpuStat is a container's CPU accounting from its cgroup (v1: the cpu and cpuacct hierarchies).
+type cpuStat struct {
+	usage              time.Duration // cpuacct.usage
+	periods, throttled int64         // cpu.stat nr_periods, nr_throttled
+	throttledTime      time.Duration // cpu.stat throttled_time
+	ok                 bool
+}
+
+// readCPU reads the CPU accounting of pid's cgroup; ok is false where the host does not expose it.
+func readCPU(pid int) cpuStat {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return cpuStat{}
+	}
+	var cpuPath, acctPath string
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			switch c {
+			case "cpu":
+				cpuPath = filepath.Join("/sys/fs/cgroup", parts[1], parts[2])
+			case "cpuacct":
+				acctPath = filepath.Join("/sys/fs/cgroup", parts[1], parts[2])
+			}
+		}
+	}
+	var s cpuStat
+	if v, err := os.ReadFile(filepath.Join(acctPath, "cpuacct.usage")); err == nil && acctPath != "" {
+		n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
+		if err != nil {
+			return cpuStat{}
+		}
+		s.usage, s.ok = time.Duration(n), true
+	}
+	if v, err := os.ReadFile(filepath.Join(cpuPath, "cpu.stat")); err == nil && cpuPath != "" {
+		for _, line := range strings.Split(string(v), "\n") {
+			k, val, _ := strings.Cut(line, " ")
+			n, _ := strconv.ParseInt(val, 10, 64)
+			switch k {
+			case "nr_periods":
+				s.periods = n
+			case "nr_throttled":
+				s.throttled = n
+			case "throttled_time":
+				s.throttledTime = time.Duration(n)
+			}
+		}
+	}
+	return s
+}
+
+// sub is the accounting between two readings.
+func (s cpuStat) sub(before cpuStat) cpuStat {
+	return cpuStat{usage: s.usage - before.usage, periods: s.periods - before.periods, throttled: s.throttled - before.throttled,
+		throttledTime: s.throttledTime - before.throttledTime, ok: s.ok && before.ok}
+}

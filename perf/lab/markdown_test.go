@@ -57,6 +57,26 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 		}
 	}
 	b.WriteString("\n" + added.Markdown())
+	cpu := Table{Header: []string{"req/s", "side", "activator CPU per request (µs)", "ratio", "cores used", "CFS periods throttled", "throttled time (ms)"}}
+	for _, rate := range cfg.rates {
+		per := map[string]float64{}
+		for _, sd := range []string{"upstream", "thaw"} {
+			c, ok := r.cpu[sd][dpKey{rate, "activator"}]
+			s := r.dataplane[sd][dpKey{rate, "activator"}]
+			if !ok || !c.ok || s.Requests == 0 {
+				cpu.Add(fmt.Sprint(rate), sd, "n/a")
+				continue
+			}
+			per[sd] = float64(c.usage) / float64(time.Microsecond) / float64(s.Requests)
+			ratio := ""
+			if sd == "thaw" {
+				ratio = Ratio(per["thaw"], per["upstream"])
+			}
+			cpu.Add(fmt.Sprint(rate), sd, fmt.Sprintf("%.0f", per[sd]), ratio, fmt.Sprintf("%.2f", c.usage.Seconds()/cfg.seconds.Seconds()),
+				fmt.Sprintf("%d/%d", c.throttled, c.periods), fmt.Sprint(c.throttledTime.Milliseconds()))
+		}
+	}
+	b.WriteString("\nThe activator's CPU while the activator path ran (its container's cgroup; the Deployment's limit is 1 core):\n\n" + cpu.Markdown())
 
 	fmt.Fprintf(&b, "\n## load-test\n\nFrom zero (a fresh ksvc at initial-scale 0, target %d, TBC -1: flavor `always`), "+
 		"stepped rates of %s each through the lab ingress against `?sleep=%d` (upstream: 1k→2k→3k/s, 2 min each, on 10 nodes).\n\n",
@@ -85,6 +105,12 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 			cell(uok, u, func(s stepResult) string { return fmt.Sprint(s.pods) })+"/"+cell(tok, th, func(s stepResult) string { return fmt.Sprint(s.pods) }))
 	}
 	b.WriteString(lt.Markdown())
+	if u, uok := stepAt(r.load["upstream"], 0); uok {
+		if th, tok := stepAt(r.load["thaw"], 0); tok {
+			fmt.Fprintf(&b, "\nFirst 200 from zero (the cold start under load): upstream %s ms, thaw %s ms (%s).\n",
+				Ms(u.firstOK), Ms(th.firstOK), Ratio(float64(th.firstOK), float64(u.firstOK)))
+		}
+	}
 
 	capacity := 1000 / cfg.ovSleepMs
 	fmt.Fprintf(&b, "\n## activator RSS under %d× overload\n\nOne pod, containerConcurrency 1, `?sleep=%d` (capacity %d req/s), "+

@@ -105,7 +105,9 @@ type dpKey struct {
 type stepResult struct {
 	rate int
 	sum  Summary
-	pods int // ready pods at the end of the step
+	// firstOK is when the first 200 came back (the cold start, in the first step).
+	firstOK time.Duration
+	pods    int // ready pods at the end of the step
 }
 
 type overloadResult struct {
@@ -122,6 +124,7 @@ type overloadResult struct {
 type results struct {
 	mu        sync.Mutex
 	dataplane map[string]map[dpKey]Summary // side → rate and path
+	cpu       map[string]map[dpKey]cpuStat // the activator's, during each dataplane run
 	load      map[string][]stepResult
 	overload  map[string]*overloadResult
 }
@@ -132,7 +135,7 @@ func TestLabPerf(t *testing.T) {
 	}
 	cfg := loadConfig(t)
 	ctx := context.Background()
-	res := &results{dataplane: map[string]map[dpKey]Summary{}, load: map[string][]stepResult{}, overload: map[string]*overloadResult{}}
+	res := &results{dataplane: map[string]map[dpKey]Summary{}, cpu: map[string]map[dpKey]cpuStat{}, load: map[string][]stepResult{}, overload: map[string]*overloadResult{}}
 	t0 := time.Now()
 	t.Cleanup(func() {
 		if err := os.MkdirAll(filepath.Dir(cfg.report), 0o755); err != nil {
@@ -186,20 +189,27 @@ func dataplane(ctx context.Context, t *testing.T, cfg config, sideName string, a
 	if err := waitOK(ctx, targets["activator"].URL, targets["activator"].Header, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	out := map[dpKey]Summary{}
+	pid, err := containerPID(act, "activator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, cpu := map[dpKey]Summary{}, map[dpKey]cpuStat{}
 	for _, rate := range cfg.rates {
 		for _, p := range paths {
 			tg := targets[p]
 			// Warm-up: connections, the activator's pod probes and Go's allocator, not measured.
 			attack{target: tg, rate: rate, dur: 2 * time.Second, timeout: 30 * time.Second}.run(ctx)
+			before := readCPU(pid)
 			s := Summarize(attack{target: tg, rate: rate, dur: cfg.seconds, timeout: 30 * time.Second}.run(ctx))
-			out[dpKey{rate, p}] = s
-			t.Logf("%s %d/s %s: %d requests, p50 %s p95 %s p99 %s max %s ms, codes %s", sideName, rate, p, s.Requests,
-				Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString())
+			c := readCPU(pid).sub(before)
+			out[dpKey{rate, p}], cpu[dpKey{rate, p}] = s, c
+			t.Logf("%s %d/s %s: %d requests, p50 %s p95 %s p99 %s max %s ms, codes %s; activator CPU %s, throttled %d/%d periods",
+				sideName, rate, p, s.Requests, Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString(), c.usage.Round(time.Millisecond),
+				c.throttled, c.periods)
 		}
 	}
 	res.mu.Lock()
-	res.dataplane[sideName] = out
+	res.dataplane[sideName], res.cpu[sideName] = out, cpu
 	res.mu.Unlock()
 }
 
@@ -219,11 +229,13 @@ func loadTest(ctx context.Context, t *testing.T, cfg config, sideName string, re
 		Header: http.Header{"Host": {ksvc.Host(name, ns, stack.Domain)}}}
 	var steps []stepResult
 	for _, rate := range cfg.steps {
-		s := Summarize(attack{target: tg, rate: rate, dur: cfg.stepDur, timeout: 30 * time.Second}.run(ctx))
+		samples := attack{target: tg, rate: rate, dur: cfg.stepDur, timeout: 30 * time.Second}.run(ctx)
+		s := Summarize(samples)
+		first, _ := FirstOK(samples)
 		pods := readyPodCount(ctx, name)
-		steps = append(steps, stepResult{rate: rate, sum: s, pods: pods})
-		t.Logf("%s load %d/s: %d requests, p95 %s max %s ms, codes %s, %d ready pods", sideName, rate, s.Requests,
-			Ms(s.P95), Ms(s.Max), s.CodesString(), pods)
+		steps = append(steps, stepResult{rate: rate, sum: s, firstOK: first, pods: pods})
+		t.Logf("%s load %d/s: %d requests, p50 %s p95 %s max %s ms, first 200 after %s ms, codes %s, %d ready pods", sideName, rate,
+			s.Requests, Ms(s.P50), Ms(s.P95), Ms(s.Max), Ms(first), s.CodesString(), pods)
 	}
 	res.mu.Lock()
 	res.load[sideName] = steps

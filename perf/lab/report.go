@@ -10,6 +10,8 @@ import (
 
 // Sample is one request's outcome: its latency and HTTP status (0 when no response came back).
 type Sample struct {
+	// Start is when the request was sent, from the start of its run.
+	Start   time.Duration
 	Latency time.Duration
 	Code    int
 	// Err is set for a transport error (no response) or a non-2xx/3xx status.
@@ -53,6 +55,17 @@ func Quantile(sorted []time.Duration, q float64) time.Duration {
 	}
 	i := int(q*float64(len(sorted))+0.999999) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// FirstOK is when the first 200 answer arrived, from the start of the run (false if none did).
+func FirstOK(samples []Sample) (time.Duration, bool) {
+	first, ok := time.Duration(0), false
+	for _, x := range samples {
+		if x.Code == 200 && (!ok || x.Start+x.Latency < first) {
+			first, ok = x.Start+x.Latency, true
+		}
+	}
+	return first, ok
 }
 
 // CodesString lists the status counts in order, e.g. "200:950 503:50" (0 is "err").

@@ -63,6 +63,21 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
+func TestFirstOK(t *testing.T) {
+	ms := time.Millisecond
+	samples := []Sample{
+		{Start: 0, Latency: 900 * ms, Code: 200},
+		{Start: 100 * ms, Latency: 500 * ms, Code: 200}, // answered first, at 600 ms
+		{Start: 0, Latency: 10 * ms, Code: 503},
+	}
+	if got, ok := FirstOK(samples); !ok || got != 600*ms {
+		t.Errorf("FirstOK = %v, %v; want 600ms", got, ok)
+	}
+	if _, ok := FirstOK(samples[2:]); ok {
+		t.Error("FirstOK found a 200 among errors only")
+	}
+}
+
 func TestRatio(t *testing.T) {
 	tests := []struct {
 		thaw, up float64
