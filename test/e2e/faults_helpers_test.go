@@ -192,15 +192,17 @@ func follow(ctx context.Context, rv string, get func(context.Context) (runtime.O
 			}
 			rw.Stop()
 			for ctx.Err() == nil {
+				// Not in a tight loop if the new watch fails at once.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(250 * time.Millisecond):
+				}
 				obj, v, err := get(ctx)
 				if err == nil {
 					fn(watch.Event{Type: relisted, Object: obj})
 					rv = v
 					break
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(250 * time.Millisecond):
 				}
 			}
 		}
@@ -227,12 +229,18 @@ type replicaLog struct {
 func watchReplicas(ctx context.Context, t *testing.T, name string) *replicaLog {
 	t.Helper()
 	kc := lab.client.Kube.AppsV1().Deployments(ns)
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	// A List, not a Get: its resourceVersion is the store's current one, which the new watch cache
+	// of a restarted apiserver serves; an object's own may be older than the cache and answer 410.
 	get := func(ctx context.Context) (runtime.Object, string, error) {
-		d, err := kc.Get(ctx, name, metav1.GetOptions{})
+		l, err := kc.List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return nil, "", err
 		}
-		return d, d.ResourceVersion, nil
+		if len(l.Items) != 1 {
+			return nil, "", fmt.Errorf("%d deployments named %s", len(l.Items), name)
+		}
+		return &l.Items[0], l.ResourceVersion, nil
 	}
 	obj, rv, err := get(ctx)
 	if err != nil {
@@ -250,7 +258,6 @@ func watchReplicas(ctx context.Context, t *testing.T, name string) *replicaLog {
 		r.mu.Unlock()
 	}
 	add(watch.Event{Type: watch.Added, Object: obj})
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
 	r.done = follow(ctx, rv, get, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		o.FieldSelector = sel
 		return kc.Watch(ctx, o)
@@ -328,21 +335,24 @@ func scaleOf(p *int32) int32 {
 func watchPA(ctx context.Context, t *testing.T, sc *servingclient.Clientset, name string) *paLog {
 	t.Helper()
 	pc := sc.AutoscalingV1alpha1().PodAutoscalers(ns)
-	pa, err := pc.Get(ctx, name, metav1.GetOptions{})
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	get := func(ctx context.Context) (runtime.Object, string, error) { // a List, as in watchReplicas
+		l, err := pc.List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			return nil, "", err
+		}
+		if len(l.Items) != 1 {
+			return nil, "", fmt.Errorf("%d PodAutoscalers named %s", len(l.Items), name)
+		}
+		return &l.Items[0], l.ResourceVersion, nil
+	}
+	obj, rv, err := get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := &paLog{}
-	prev := pa.Status.DeepCopy()
-	get := func(ctx context.Context) (runtime.Object, string, error) {
-		pa, err := pc.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, "", err
-		}
-		return pa, pa.ResourceVersion, nil
-	}
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	follow(ctx, pa.ResourceVersion, get, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	prev := obj.(*autoscalingv1alpha1.PodAutoscaler).Status.DeepCopy()
+	follow(ctx, rv, get, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		o.FieldSelector = sel
 		return pc.Watch(ctx, o)
 	}, func(ev watch.Event) {

@@ -41,6 +41,8 @@ const (
 	// write already there, so it should write nothing; one write (and its revert) is allowed for a real
 	// change of the ready pods while the load runs.
 	faMaxStatusWrites = 2
+	// Log lines naming a Metric for a missing revision in its first 5 s (see the test).
+	faMaxMetricLogLines = 2
 )
 
 func TestFaults(t *testing.T) {
@@ -110,8 +112,10 @@ func testMetricMissingRevision(t *testing.T, sc *servingclient.Clientset, which 
 		t.Fatal(err)
 	}
 	t.Logf("%s: %d autoscaler log lines name %s in %s: %q", which, len(lines), name, time.Since(t0).Round(time.Second), lines)
-	if len(lines) > 1 {
-		t.Errorf("%d log lines about the missing revision, want at most 1", len(lines))
+	// Upstream logs "Reconcile succeeded" for the create and for its own status write; one line per
+	// 1 s scrape would be at least 4 here.
+	if len(lines) > faMaxMetricLogLines {
+		t.Errorf("%d log lines about the missing revision, want at most %d", len(lines), faMaxMetricLogLines)
 	}
 	again, err := mc.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -170,6 +174,9 @@ func testRestarts(t *testing.T, sc *servingclient.Clientset, which string, metri
 	if len(in)+len(out) > 0 {
 		t.Errorf("%d requests failed", len(in)+len(out))
 	}
+	all, status, series := pas.since(tLoad)
+	t.Logf("%s: PodAutoscaler over the whole run: %d writes, %d changing the status %s", which, all, status, series)
+	t.Logf("%s: Deployment over the whole run %s", which, reps)
 	if m := reps.minSpec(tLoad); m < 1 {
 		t.Errorf("the Deployment went to %d while traffic flowed: %s", m, reps)
 	}
