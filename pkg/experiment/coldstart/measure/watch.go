@@ -152,6 +152,18 @@ func (w *Watcher) PodsSince(revision string, since time.Time) []PodInfo {
 	return out
 }
 
+// ReadyAt returns when the watch first saw the revision's pod Ready (zero if not yet).
+func (w *Watcher) ReadyAt(revision, pod string) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, pi := range w.info {
+		if pi.Revision == revision && pi.Name == pod {
+			return pi.Ready
+		}
+	}
+	return time.Time{}
+}
+
 // Forget drops what the watch recorded of the revision's deleted pods (memory stays bounded over long
 // runs).
 func (w *Watcher) Forget(revision string) {

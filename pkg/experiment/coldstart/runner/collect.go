@@ -10,9 +10,10 @@ import (
 	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/report"
 )
 
-// readyWait bounds the wait for the pod watch to see Ready after the first byte (the readiness probe
-// runs each second; the activator routes on its own probe before that).
-const readyWait = 20 * time.Second
+// readyWait bounds the wait at the end of a side for the pod watch to see the last pods Ready (the
+// kubelet's readiness probe of queue-proxy runs every 10 s by default; the activator routes on its own
+// probe well before that).
+const readyWait = 25 * time.Second
 
 // collect completes the samples of one round from the other sources: the /scale patch (audit log, else
 // the Deployment watch), the serving pod's queue-proxy start and Ready, and Thaw's timeline.
@@ -25,7 +26,6 @@ func (r *run) collect(ctx context.Context, fs []fired) []report.Sample {
 			r.audit = nil
 		}
 	}
-	r.waitPodsReady(ctx, fs)
 	var recs []measure.ScaleRecord
 	recsErr := error(nil)
 	for _, f := range fs {
@@ -55,23 +55,27 @@ func (r *run) collect(ctx context.Context, fs []fired) []report.Sample {
 	return out
 }
 
-// waitPodsReady waits (bounded) until each answered request's revision has a pod the watch saw Ready.
-func (r *run) waitPodsReady(ctx context.Context, fs []fired) {
+// fillReady sets PodReady of the samples whose pod the watch has seen Ready since they were collected.
+func (r *run) fillReady(samples []report.Sample) {
+	for i := range samples {
+		s := &samples[i]
+		if s.Pod != "" && s.PodReady.IsZero() {
+			s.PodReady = r.watch.ReadyAt(s.Revision, s.Pod)
+		}
+	}
+}
+
+// waitReady waits (bounded) until every sample's pod has been seen Ready, then fills PodReady.
+func (r *run) waitReady(ctx context.Context, samples []report.Sample) {
 	ctx, cancel := context.WithTimeout(ctx, readyWait)
 	defer cancel()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
+		r.fillReady(samples)
 		all := true
-		for _, f := range fs {
-			if !f.sample.OK() {
-				continue
-			}
-			ready := false
-			for _, p := range r.watch.PodsSince(f.svc.Revision, f.sample.Send) {
-				ready = ready || !p.Ready.IsZero()
-			}
-			all = all && ready
+		for i := range samples {
+			all = all && (samples[i].Pod == "" || !samples[i].PodReady.IsZero())
 		}
 		if all {
 			return

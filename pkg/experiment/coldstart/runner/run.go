@@ -140,6 +140,7 @@ func (r *run) side(ctx context.Context, side Side, svcs []*service) ([]report.Sa
 			if err := r.waitZero(ctx, side.Name, svcs); err != nil {
 				return samples, err
 			}
+			r.fillReady(samples)
 			clean = slices.Clone(svcs)
 		}
 		for round := range o.Repeat {
@@ -147,6 +148,7 @@ func (r *run) side(ctx context.Context, side Side, svcs []*service) ([]report.Sa
 				if err := r.waitZero(ctx, side.Name, svcs); err != nil {
 					return samples, err
 				}
+				r.fillReady(samples)
 				clean = slices.Clone(svcs)
 			}
 			batch := clean[:level]
@@ -160,6 +162,7 @@ func (r *run) side(ctx context.Context, side Side, svcs []*service) ([]report.Sa
 			}
 		}
 	}
+	r.waitReady(ctx, samples)
 	r.progress("[%s] done: %d cold starts in %s", side.Name, len(samples), since(o.Clock, t0))
 	return samples, nil
 }
@@ -253,9 +256,6 @@ func (r *run) waitZero(ctx context.Context, side string, svcs []*service) error 
 		if left == 0 {
 			if d := since(o.Clock, t0); d > time.Second {
 				r.progress("[%s] %d services at zero (%s)", side, len(svcs), d)
-			}
-			for _, s := range svcs {
-				r.watch.Forget(s.Revision)
 			}
 			return nil
 		}

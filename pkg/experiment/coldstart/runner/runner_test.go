@@ -84,24 +84,24 @@ func TestValidate(t *testing.T) {
 }
 
 func TestKsvcObject(t *testing.T) {
-	u := ksvcObject("cs-007", "coldstart", "ko.local/apps/helloworld:dev", "1m", true)
+	u := ksvcObject("cs-007", "coldstart", "ko.local/apps/helloworld:dev", "1m")
 	ann, _, _ := unstructured.NestedStringMap(u.Object, "spec", "template", "metadata", "annotations")
-	if ann["autoscaling.knative.dev/window"] != "6s" || ann["autoscaling.knative.dev/initial-scale"] != "0" ||
-		ann["queue.sidecar.serving.knative.dev/cpu-resource-request"] != "1m" {
+	if ann["autoscaling.knative.dev/window"] != "6s" || ann["queue.sidecar.serving.knative.dev/cpu-resource-request"] != "1m" {
 		t.Errorf("annotations %v", ann)
+	}
+	if _, ok := ann["autoscaling.knative.dev/initial-scale"]; ok {
+		t.Error("a revision created at zero is at desired scale -1, where the first poke is ignored")
 	}
 	ctrs, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
 	c, _ := ctrs[0].(map[string]any)
 	if c["image"] != "ko.local/apps/helloworld:dev" {
 		t.Errorf("container %v", c)
 	}
+	if _, ok := c["readinessProbe"]; ok {
+		t.Error("a readiness period slows queue-proxy's probing of the app")
+	}
 	if u.GetName() != "cs-007" || u.GetNamespace() != "coldstart" || u.GetKind() != "Service" {
 		t.Errorf("object %v", u.Object)
-	}
-	u = ksvcObject("cs-007", "coldstart", "img", "1m", false)
-	ann, _, _ = unstructured.NestedStringMap(u.Object, "spec", "template", "metadata", "annotations")
-	if _, ok := ann["autoscaling.knative.dev/initial-scale"]; ok {
-		t.Error("initial-scale 0 without allow-zero-initial-scale is rejected by the webhook")
 	}
 }
 
