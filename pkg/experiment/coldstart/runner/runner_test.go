@@ -10,10 +10,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/measure"
 	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/report"
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
 func TestParseLevels(t *testing.T) {
@@ -195,5 +199,31 @@ func TestBrief(t *testing.T) {
 	}
 	if got := brief(ss); got != "2 ok, 1 failed (first: 503 ), total p50 400ms max 600ms" {
 		t.Errorf("brief = %q", got)
+	}
+}
+
+func TestUndecidedCountsPodAutoscalersNotAtZero(t *testing.T) {
+	pa := func(name string, desired any) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscaler",
+			"metadata": map[string]any{"name": name, "namespace": "coldstart"},
+		}}
+		if desired != nil {
+			u.Object["status"] = map[string]any{"desiredScale": desired}
+		}
+		return u
+	}
+	scheme := runtime.NewScheme()
+	dc := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
+		map[schema.GroupVersionResource]string{paGVR: "PodAutoscalerList"},
+		pa("a-00001", int64(0)), pa("b-00001", int64(-1)), pa("c-00001", nil))
+	r := &run{o: Options{Namespace: "coldstart", Client: &kube.Client{Dynamic: dc}}}
+	svcs := []*service{{Revision: "a-00001"}, {Revision: "b-00001"}, {Revision: "c-00001"}, {Revision: "d-00001"}}
+	left, example := r.undecided(context.Background(), svcs)
+	if left != 3 || example == "" {
+		t.Errorf("undecided = %d %q, want 3 (desired -1, unset, no PA)", left, example)
+	}
+	if left, _ := r.undecided(context.Background(), svcs[:1]); left != 0 {
+		t.Errorf("a PA at desiredScale 0 is decided, got %d left", left)
 	}
 }
