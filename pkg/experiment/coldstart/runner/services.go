@@ -68,7 +68,7 @@ func (r *run) createServices(ctx context.Context) ([]*service, error) {
 		objs[i] = ksvcObject(serviceName(i), o.Namespace, o.Image, o.CPURequest)
 	}
 	t0 := o.Clock.Now()
-	actx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	actx, cancel := context.WithTimeout(ctx, 10*time.Minute) // 100 first pods on 2 cores
 	defer cancel()
 	if err := o.Client.Apply(actx, objs); err != nil {
 		return nil, err
