@@ -21,11 +21,11 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 		"(below 1 is better for Thaw). Latencies in ms.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04"), runtime.NumCPU(), elapsed.Round(time.Second))
 
-	fmt.Fprintf(&b, "## dataplane-probe\n\n%s requests/s for %s per path and rate against `?sleep=%d` (upstream: 1000/s for 3 min); "+
+	fmt.Fprintf(&b, "## dataplane-probe\n\n%s requests/s for %s per path and rate (the paths take turns, %d rounds) against `?sleep=%d` (upstream: 1000/s for 3 min); "+
 		"one pod (min-scale = max-scale = 1, TBC -1, CC 0); `direct` is the user container, `queue-proxy` the pod's :8012, "+
 		"`activator` the activator pod's :8012 with the revision headers. Everything (load generator, "+
 		"activator, queue-proxy, app, the cluster) shares the same CPUs; the activator Deployment's CPU limit "+
-		"(1 core) is upstream's, for both sides.\n\n", joinInts(cfg.rates, ", "), cfg.seconds, cfg.sleepMs)
+		"(1 core) is upstream's, for both sides.\n\n", joinInts(cfg.rates, ", "), cfg.seconds, cfg.rounds, cfg.sleepMs)
 	dp := Table{Header: []string{"req/s", "path", "side", "requests", "errors", "p50", "p95", "p99", "max", "codes"}}
 	for _, rate := range cfg.rates {
 		for _, p := range paths {
@@ -56,7 +56,8 @@ func (r *results) markdown(cfg config, elapsed time.Duration) string {
 			added.Add(fmt.Sprint(rate), q.name, Ms(u), Ms(th), Ratio(float64(th), float64(u)))
 		}
 	}
-	b.WriteString("\n" + added.Markdown())
+	b.WriteString("\nThe added latency is a difference of quantiles (not a quantile of differences); at a few tenths of a ms it is " +
+		"within the run-to-run noise of this machine.\n\n" + added.Markdown())
 	cpu := Table{Header: []string{"req/s", "side", "activator CPU per request (µs)", "ratio", "cores used", "CFS periods throttled", "throttled time (ms)"}}
 	for _, rate := range cfg.rates {
 		per := map[string]float64{}

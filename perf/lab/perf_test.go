@@ -27,7 +27,8 @@ type config struct {
 	report string
 	// dataplane-probe: each rate in turn
 	rates   []int
-	seconds time.Duration
+	seconds time.Duration // per path and rate, in rounds
+	rounds  int
 	sleepMs int
 	// load-test
 	steps   []int
@@ -55,6 +56,7 @@ func loadConfig(t *testing.T) config {
 	c := config{
 		report:    os.Getenv("THAW_PERF_LAB_REPORT"),
 		seconds:   time.Duration(envInt(t, "THAW_PERF_LAB_SECONDS", 20)) * time.Second,
+		rounds:    envInt(t, "THAW_PERF_LAB_ROUNDS", 4),
 		sleepMs:   100,
 		stepDur:   time.Duration(envInt(t, "THAW_PERF_LAB_STEP_SECONDS", 20)) * time.Second,
 		target:    envInt(t, "THAW_PERF_LAB_TARGET", 10),
@@ -195,13 +197,31 @@ func dataplane(ctx context.Context, t *testing.T, cfg config, sideName string, a
 	}
 	out, cpu := map[dpKey]Summary{}, map[dpKey]cpuStat{}
 	for _, rate := range cfg.rates {
+		// Warm-up: connections, the activator's pod probes and Go's allocator, not measured.
 		for _, p := range paths {
-			tg := targets[p]
-			// Warm-up: connections, the activator's pod probes and Go's allocator, not measured.
-			attack{target: tg, rate: rate, dur: 2 * time.Second, timeout: 30 * time.Second}.run(ctx)
-			before := readCPU(pid)
-			s := Summarize(attack{target: tg, rate: rate, dur: cfg.seconds, timeout: 30 * time.Second}.run(ctx))
-			c := readCPU(pid).sub(before)
+			attack{target: targets[p], rate: rate, dur: 2 * time.Second, timeout: 30 * time.Second}.run(ctx)
+		}
+		// The paths take turns in short rounds, so a slow drift of the machine (another pod's work, GC)
+		// lands on all of them alike and the activator − queue-proxy difference stays fair.
+		samples := map[string][]Sample{}
+		usage := map[string]cpuStat{}
+		for range cfg.rounds {
+			for _, p := range paths {
+				before := readCPU(pid)
+				samples[p] = append(samples[p], attack{target: targets[p], rate: rate, dur: cfg.seconds / time.Duration(cfg.rounds),
+					timeout: 30 * time.Second}.run(ctx)...)
+				c := readCPU(pid).sub(before)
+				u := usage[p]
+				u.usage += c.usage
+				u.periods += c.periods
+				u.throttled += c.throttled
+				u.throttledTime += c.throttledTime
+				u.ok = c.ok
+				usage[p] = u
+			}
+		}
+		for _, p := range paths {
+			s, c := Summarize(samples[p]), usage[p]
 			out[dpKey{rate, p}], cpu[dpKey{rate, p}] = s, c
 			t.Logf("%s %d/s %s: %d requests, p50 %s p95 %s p99 %s max %s ms, codes %s; activator CPU %s, throttled %d/%d periods",
 				sideName, rate, p, s.Requests, Ms(s.P50), Ms(s.P95), Ms(s.P99), Ms(s.Max), s.CodesString(), c.usage.Round(time.Millisecond),

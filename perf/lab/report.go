@@ -92,9 +92,10 @@ func Ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(
 // MiB formats a byte count in MiB with one decimal.
 func MiB(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
-// Ratio formats thaw/upstream as "0.52×"; "n/a" when upstream is not positive (no meaningful ratio).
+// Ratio formats thaw/upstream as "0.52×"; "n/a" when upstream is not positive or thaw is negative
+// (differences of quantiles can be, within noise): no meaningful ratio.
 func Ratio(thaw, upstream float64) string {
-	if upstream <= 0 {
+	if upstream <= 0 || thaw < 0 {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f×", thaw/upstream)

@@ -87,6 +87,8 @@ func TestRatio(t *testing.T) {
 		{3, 2, "1.50×"},
 		{1, 0, "n/a"},
 		{1, -1, "n/a"},
+		{-1, 2, "n/a"},
+		{0, 2, "0.00×"},
 	}
 	for _, tc := range tests {
 		if got := Ratio(tc.thaw, tc.up); got != tc.want {
