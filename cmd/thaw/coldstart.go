@@ -37,6 +37,7 @@ func coldstart(ctx context.Context, args []string) error {
 	ingress := fs.String("ingress", "", "ingress host:port (default the lab's 10.88.0.1:80)")
 	out := fs.String("out", "", "directory for coldstart.csv, .json, .svg, .png (default $THAW_CACHE/coldstart/<time>)")
 	fastZero := fs.Bool("fast-zero", false, "set config-autoscaler scale-to-zero-grace-period to 6s for the run (restored after)")
+	warmup := fs.Bool("warmup", true, "after each swap, one unmeasured cold start per service (a restarted autoscaler ignores the first poke)")
 	keep := fs.Bool("keep", false, "keep the namespace and its services")
 	compare := fs.Bool("compare", false, "run with upstream's activator and autoscaler, then with Thaw's, and print ratios")
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound of one cold request")
@@ -91,7 +92,7 @@ func coldstart(ctx context.Context, args []string) error {
 	isLab := cl.Config.Host == lab.Lab.Cfg.APIServerURL()
 	o := runner.Options{
 		Client: cl, Namespace: *ns, Image: *image, Services: *services, Levels: levels, Repeat: *repeat,
-		Ingress: *ingress, RequestTimeout: *timeout, ZeroTimeout: *zeroTimeout, FastZero: *fastZero, Keep: *keep,
+		Ingress: *ingress, RequestTimeout: *timeout, ZeroTimeout: *zeroTimeout, FastZero: *fastZero, Warmup: *warmup, Keep: *keep,
 		CPURequest: *cpu, AuditLog: *audit, Progress: os.Stdout,
 	}
 	if isLab {

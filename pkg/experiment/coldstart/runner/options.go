@@ -43,6 +43,8 @@ type Options struct {
 	RequestTimeout, ZeroTimeout time.Duration
 	// FastZero sets config-autoscaler's scale-to-zero-grace-period to its minimum for the run.
 	FastZero bool
+	// Warmup cold-starts every service once, unmeasured, after a swap (see warmup).
+	Warmup bool
 	// Keep leaves the namespace and its services in place.
 	Keep bool
 	// CPURequest is the CPU request of both containers of each pod (small, so the largest level fits).
