@@ -131,6 +131,9 @@ type runner struct {
 	// desired mirrors status.DesiredScale for the lock-free poke check.
 	desired atomic.Int32
 	poked   atomic.Bool
+	// unknownPoke marks a poke accepted before the first decision, so that
+	// decision counts as a cold start.
+	unknownPoke atomic.Bool
 
 	// next (unix nanoseconds) and index belong to the heap, under
 	// MultiScaler.mu; index is −1 once deleted.
@@ -273,9 +276,12 @@ func (m *MultiScaler) Len() int {
 	return len(m.runners)
 }
 
-// Poke asks for an immediate decision for key when it is scaled to zero and
-// the stat shows requests. It never blocks: pokes of a revision coalesce
-// until the scheduler picks them up.
+// Poke asks for an immediate decision for key when it is scaled to zero, or
+// not decided yet, and the stat shows requests. Upstream ignores pokes until
+// the first decision, so a revision at zero under a just-restarted
+// autoscaler waits for the next tick; deciding at once costs one early
+// decision. It never blocks: pokes of a revision coalesce until the
+// scheduler picks them up.
 func (m *MultiScaler) Poke(key types.NamespacedName, stat wire.Stat) {
 	if stat.AverageConcurrentRequests == 0 {
 		return
@@ -283,8 +289,11 @@ func (m *MultiScaler) Poke(key types.NamespacedName, stat wire.Stat) {
 	m.mu.RLock()
 	r := m.runners[key]
 	m.mu.RUnlock()
-	if r == nil || r.desired.Load() != 0 || r.poked.Swap(true) {
+	if r == nil || r.desired.Load() > 0 || r.poked.Swap(true) {
 		return
+	}
+	if r.desired.Load() < 0 {
+		r.unknownPoke.Store(true)
 	}
 	if m.cold != nil {
 		// The stat server's stamp has only seconds; the stat reaches us
@@ -408,7 +417,8 @@ func (m *MultiScaler) decide(r *runner, now time.Time) bool {
 	}
 	changed := r.status.DesiredScale != d.DesiredScale ||
 		(r.status.ExcessBurstCapacity < 0) != (d.ExcessBurstCapacity < 0)
-	if m.cold != nil && r.status.DesiredScale == 0 && d.DesiredScale > 0 {
+	fromUnknown := r.unknownPoke.Swap(false) && r.status.DesiredScale < 0
+	if m.cold != nil && (r.status.DesiredScale == 0 || fromUnknown) && d.DesiredScale > 0 {
 		m.cold.Decided(r.key, now, d.DesiredScale)
 	}
 	r.status = Status{DesiredScale: d.DesiredScale, ExcessBurstCapacity: d.ExcessBurstCapacity, InPanic: d.InPanic}

@@ -274,12 +274,14 @@ func TestPoke(t *testing.T) {
 	s.TargetBurstCapacity = -1
 	h.ms.Create(key, s, Labels{})
 
-	// Desired is −1 before the first decision: no poke.
+	// Desired is −1 before the first decision (a restarted autoscaler):
+	// a poke decides at once, where upstream waits for the next tick.
+	at := h.clk.Now()
 	h.ms.Poke(key, wire.Stat{AverageConcurrentRequests: 1})
-	h.expectNoRead()
-	h.step(2 * time.Second)
-	h.expectRead()
-	h.expectInform(true) // −1 → 0
+	if got := h.expectRead(); !got.Equal(at) {
+		t.Errorf("poke at -1 decided at %v, want %v", got, at)
+	}
+	h.expectInform(true) // −1 → 0 (the source shows no requests)
 
 	// Scaled to zero and a stat without requests: no poke.
 	h.ms.Poke(key, wire.Stat{RequestCount: 3})
@@ -371,6 +373,21 @@ func TestColdStartTimes(t *testing.T) {
 	got = rec.Ring().Snapshot()
 	if last := got[len(got)-1]; len(got) != 2 || !last.PokeReceived.IsZero() || !last.Decided.Equal(h.clk.Now()) {
 		t.Fatalf("records = %+v, want a second one without a poke", got)
+	}
+
+	// A poke before a revision's first decision (a restarted autoscaler
+	// holding it at zero) decides at once and is a cold start.
+	h.ms.Delete(key)
+	h.src.set(5, 5, 0)
+	h.ms.Create(key, s, Labels{})
+	poked = h.clk.Now()
+	h.ms.Poke(key, wire.Stat{AverageConcurrentRequests: 1})
+	h.expectRead()
+	h.expectInform(true) // −1 → 1 on the poke
+	rec.ScaleWritten(key, poked.Add(time.Millisecond), 1)
+	got = rec.Ring().Snapshot()
+	if last := got[len(got)-1]; len(got) != 3 || !last.PokeReceived.Equal(poked) || !last.Decided.Equal(poked) {
+		t.Fatalf("records = %+v, want a third one poked and decided at %v", got, poked)
 	}
 }
 
