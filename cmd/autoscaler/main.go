@@ -43,6 +43,8 @@ type config struct {
 	kubeconfig, server     string
 	qps                    float64
 	burst                  int
+	scaleQPS               float64
+	scaleBurst             int
 	statsAddr, metricsAddr string
 	profilingAddr          string
 	podName, podIP, ns     string
@@ -57,6 +59,10 @@ func main() {
 	// Upstream runs two controllers and doubles client-go's defaults (5, 10).
 	flag.Float64Var(&cfg.qps, "kube-api-qps", envFloat("KUBE_API_QPS", 2*float64(rest.DefaultQPS)), "Maximum QPS to the API server.")
 	flag.IntVar(&cfg.burst, "kube-api-burst", int(envFloat("KUBE_API_BURST", float64(2*rest.DefaultBurst))), "Maximum burst to the API server.")
+	// /scale patches have a budget of their own: a burst of cold starts
+	// must not queue behind status and event writes (upstream shares one).
+	flag.Float64Var(&cfg.scaleQPS, "scale-api-qps", envFloat("SCALE_API_QPS", 50), "Maximum QPS of /scale patches, apart from --kube-api-qps.")
+	flag.IntVar(&cfg.scaleBurst, "scale-api-burst", int(envFloat("SCALE_API_BURST", 100)), "Maximum burst of /scale patches, apart from --kube-api-burst.")
 	flag.StringVar(&cfg.statsAddr, "stats-addr", ":8080", "Address of the websocket stat server and the probes.")
 	flag.StringVar(&cfg.metricsAddr, "metrics-addr", ":9090", "Address of the Prometheus metrics endpoint.")
 	flag.StringVar(&cfg.profilingAddr, "profiling-addr", ":8008", "Address of pprof (served while config-observability enables it); empty disables.")
@@ -167,7 +173,10 @@ func buildDeps(cfg config) (deps, error) {
 	if d.Networking, err = netclientset.NewForConfig(rc); err != nil {
 		return deps{}, err
 	}
-	if d.Dynamic, err = dynamic.NewForConfig(rc); err != nil {
+	// The dynamic client only patches /scale; it gets its own limiter.
+	src := rest.CopyConfig(rc)
+	src.QPS, src.Burst, src.RateLimiter = float32(cfg.scaleQPS), cfg.scaleBurst, nil
+	if d.Dynamic, err = dynamic.NewForConfig(src); err != nil {
 		return deps{}, err
 	}
 	return d, nil
