@@ -13,7 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/thaw-dev/thaw/pkg/revisions"
 	"github.com/thaw-dev/thaw/pkg/throttler"
@@ -451,5 +453,56 @@ func TestRunStopsWatchers(t *testing.T) {
 	}
 	if !errors.Is(ctx.Err(), context.Canceled) {
 		t.Fatal(ctx.Err())
+	}
+}
+
+// TestColdRevisionReprobedFast: while a revision has no healthy pod, a failing new pod is probed
+// again after ColdProbeFrequency, not after ProbeFrequency.
+func TestColdRevisionReprobedFast(t *testing.T) {
+	e := newEnv(t, Options{ProbeFrequency: 200 * time.Millisecond, ColdProbeFrequency: 25 * time.Millisecond}, revInfo())
+	start := e.clock.Now()
+	p := newPod(t, "503")
+	e.apply(privateEndpoints(testRev, "http", epAddr{p.dest(), false}))
+	eventually(t, "first probe", func() bool { return p.probes.Load() == 1 })
+	p.set("pass")
+	e.stepUntil(25*time.Millisecond, "pod after a cold re-probe", hasDests(p.dest()))
+	if e.clock.Since(start) >= 200*time.Millisecond {
+		t.Fatalf("routed after %v of fake time, want less than ProbeFrequency", e.clock.Since(start))
+	}
+}
+
+// TestProbePeriod: the cold period holds while no pod passed, within the window from the first
+// cold tick; a healthy pod, or a ClusterIP in use, brings ProbeFrequency back and resets the window.
+func TestProbePeriod(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
+	opts := Options{ProbeFrequency: 200 * time.Millisecond, ColdProbeFrequency: 25 * time.Millisecond,
+		ColdProbeWindow: time.Second, Clock: clk}.withDefaults()
+	w := &watcher{opts: &opts, passed: sets.New[string]()}
+	steps := []struct {
+		advance time.Duration
+		passed  bool
+		want    time.Duration
+	}{
+		{0, false, 25 * time.Millisecond},
+		{900 * time.Millisecond, false, 25 * time.Millisecond},
+		{100 * time.Millisecond, false, 200 * time.Millisecond}, // window over
+		{0, true, 200 * time.Millisecond},                       // healthy: resets
+		{0, false, 25 * time.Millisecond},                       // cold again: new window
+		{999 * time.Millisecond, false, 25 * time.Millisecond},
+	}
+	for i, s := range steps {
+		clk.Step(s.advance)
+		w.passed.Clear()
+		if s.passed {
+			w.passed.Insert("10.0.0.1:8012")
+		}
+		if got := w.probePeriod(); got != s.want {
+			t.Errorf("step %d: period = %v, want %v", i, got, s.want)
+		}
+	}
+	off := Options{ProbeFrequency: 200 * time.Millisecond, ColdProbeFrequency: time.Second, Clock: clk}.withDefaults()
+	w = &watcher{opts: &off, passed: sets.New[string]()}
+	if got := w.probePeriod(); got != 200*time.Millisecond {
+		t.Errorf("cold period above ProbeFrequency: got %v, want ProbeFrequency", got)
 	}
 }

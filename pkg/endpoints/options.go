@@ -51,6 +51,12 @@ const (
 	DefaultProbeTimeout    = 300 * time.Millisecond
 	DefaultProbeFrequency  = 200 * time.Millisecond
 	DefaultMaxProbeTimeout = 5 * time.Second
+	// While a revision has no pod that passed a probe (a cold start), its new pods are re-probed
+	// this often, for at most DefaultColdProbeWindow: the first byte of a cold start should not wait
+	// up to a whole ProbeFrequency after queue-proxy comes up. A pod not yet listening refuses at
+	// once, so the extra probes are cheap; the window bounds them for pods that never come up.
+	DefaultColdProbeFrequency = 25 * time.Millisecond
+	DefaultColdProbeWindow    = 10 * time.Second
 )
 
 // Options configure a Manager. Zero values take the defaults.
@@ -62,6 +68,10 @@ type Options struct {
 	MaxProbeTimeout time.Duration
 	// ProbeFrequency is the re-probe period while some address is not yet healthy (PROBE_FREQUENCY).
 	ProbeFrequency time.Duration
+	// ColdProbeFrequency is the re-probe period while the revision has no healthy pod, for at most
+	// ColdProbeWindow; a value at or above ProbeFrequency turns the fast period off.
+	ColdProbeFrequency time.Duration
+	ColdProbeWindow    time.Duration
 	// MeshMode is config-network's mesh-compatibility-mode.
 	MeshMode MeshMode
 	// PassthroughLB (config-network enable-mesh-pod-addressability) makes probes carry
@@ -85,6 +95,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ProbeFrequency <= 0 {
 		o.ProbeFrequency = DefaultProbeFrequency
+	}
+	if o.ColdProbeFrequency <= 0 {
+		o.ColdProbeFrequency = DefaultColdProbeFrequency
+	}
+	if o.ColdProbeWindow <= 0 {
+		o.ColdProbeWindow = DefaultColdProbeWindow
 	}
 	if o.MeshMode == "" {
 		o.MeshMode = MeshAuto

@@ -63,6 +63,8 @@ type watcher struct {
 	sent            *throttler.Backends
 	results         chan probeResult
 	ticker          clock.Ticker
+	tickerPeriod    time.Duration
+	coldSince       time.Time // when the revision last had pods but none healthy; zero otherwise
 }
 
 func newWatcher(rev types.NamespacedName, info *revisions.Info, opts *Options, sink BackendSink,
@@ -360,12 +362,36 @@ func (w *watcher) updateTicker() {
 		}
 		// In auto mode a failed ClusterIP fallback is retried on the tick too.
 	}
-	switch {
-	case need && w.ticker == nil:
-		w.ticker = w.opts.Clock.NewTicker(w.opts.ProbeFrequency)
-	case !need:
+	if !need {
+		w.stopTicker()
+		w.coldSince = time.Time{}
+		return
+	}
+	period := w.probePeriod()
+	if w.ticker != nil && w.tickerPeriod != period {
 		w.stopTicker()
 	}
+	if w.ticker == nil {
+		w.ticker = w.opts.Clock.NewTicker(period)
+		w.tickerPeriod = period
+	}
+}
+
+// probePeriod is the fast cold period while no pod passed a probe, within the cold window, and
+// ProbeFrequency otherwise.
+func (w *watcher) probePeriod() time.Duration {
+	if w.passed.Len() > 0 || w.clusterIPDest != "" || w.opts.ColdProbeFrequency >= w.opts.ProbeFrequency {
+		w.coldSince = time.Time{}
+		return w.opts.ProbeFrequency
+	}
+	now := w.opts.Clock.Now()
+	if w.coldSince.IsZero() {
+		w.coldSince = now
+	}
+	if now.Sub(w.coldSince) < w.opts.ColdProbeWindow {
+		return w.opts.ColdProbeFrequency
+	}
+	return w.opts.ProbeFrequency
 }
 
 func (w *watcher) stopTicker() {
