@@ -158,12 +158,12 @@ func (f watchFunc) WatchWithContext(ctx context.Context, o metav1.ListOptions) (
 	return f(ctx, o)
 }
 
-// relisted marks the event follow makes from a fresh Get after its watch ended.
+// relisted marks the event follow makes from a fresh List after its watch ended.
 const relisted watch.EventType = "RELISTED"
 
 // follow calls fn for every change from resourceVersion rv on until ctx ends, from one goroutine. The
 // RetryWatcher resumes from the last resourceVersion it saw when the watch breaks; after an apiserver
-// restart that version is older than the new watch cache (410 Gone), so follow then gets the object
+// restart that version is older than the new watch cache (410 Gone), so follow then lists the object
 // again, passes it as a relisted event, and watches on from there. The returned channel is closed once
 // fn will not be called again.
 func follow(ctx context.Context, rv string, get func(context.Context) (runtime.Object, string, error), w watchFunc, fn func(watch.Event)) <-chan struct{} {
@@ -222,7 +222,6 @@ type replicaPoint struct {
 type replicaLog struct {
 	mu     sync.Mutex
 	points []replicaPoint
-	done   <-chan struct{}
 }
 
 // watchReplicas follows the Deployment name in ns until ctx ends.
@@ -258,7 +257,7 @@ func watchReplicas(ctx context.Context, t *testing.T, name string) *replicaLog {
 		r.mu.Unlock()
 	}
 	add(watch.Event{Type: watch.Added, Object: obj})
-	r.done = follow(ctx, rv, get, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	follow(ctx, rv, get, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		o.FieldSelector = sel
 		return kc.Watch(ctx, o)
 	}, add)
