@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,36 +30,7 @@ var autoscaleImage = images.AppImage("autoscale")
 // ksvcYAML renders an autoscale-app ksvc with the given revision annotations and containerConcurrency
 // (0 leaves it unset).
 func ksvcYAML(name string, ann map[string]string, cc int) string {
-	keys := make([]string, 0, len(ann))
-	for k := range ann {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		fmt.Fprintf(&b, "        %s: %q\n", k, ann[k])
-	}
-	ccLine := ""
-	if cc > 0 {
-		ccLine = fmt.Sprintf("      containerConcurrency: %d\n", cc)
-	}
-	return fmt.Sprintf(`apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: %s
-  namespace: %s
-spec:
-  template:
-    metadata:
-      annotations:
-%s    spec:
-%s      containers:
-      - image: %s
-        resources:
-          requests: {cpu: 30m, memory: 20Mi}
-        readinessProbe:
-          periodSeconds: 1
-`, name, ns, b.String(), ccLine, autoscaleImage)
+	return ksvc.Manifest{Name: name, Namespace: ns, Image: autoscaleImage, Annotations: ann, ContainerConcurrency: cc}.YAML()
 }
 
 // setupKsvc creates the ksvc, waits for it to be Ready and routable, and deletes it when t ends.
