@@ -116,7 +116,7 @@ func (a *app) newTerm(logger *zap.SugaredLogger) (*term, *termInformers, error) 
 	inf.metric = mr
 	// Decisions reconcile their PA; scrape error changes refresh their
 	// Metric's status.
-	t.ms.Watch(t.kpa.Enqueue)
+	t.ms.Watch(t.kpa.Inform)
 	t.coll.Watch(mr.Enqueue)
 	t.reg.MustRegister(t.kpa, t.coll, t.ms)
 	return t, inf, nil

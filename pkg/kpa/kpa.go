@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -125,6 +126,7 @@ type Reconciler struct {
 	podMetrics podMetrics
 	// after delays a reconcile (the queue's AddAfter; replaceable in tests).
 	after func(types.NamespacedName, time.Duration)
+	wake  *waker
 }
 
 // New returns a Reconciler and registers its event handlers on the
@@ -158,6 +160,7 @@ func New(d Deps) (*Reconciler, error) {
 			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "kpa", Clock: d.Clock}),
 	}
 	r.after = r.queue.AddAfter
+	r.wake = newWaker()
 	r.probes = newAsyncProber(d.Prober, d.Clock, r.EnqueueAfter, d.Logger)
 
 	handlers := []struct {
@@ -253,9 +256,12 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 		return errors.New("kpa: informers did not sync")
 	}
 	r.probes.start(ctx)
+	var wg sync.WaitGroup
+	r.runWake(ctx, &wg)
 	workloop.Run(ctx, r.queue, workers, r.Reconcile, func(key types.NamespacedName, err error) {
 		r.d.Logger.Warnw("PodAutoscaler reconcile failed; retrying", "key", key.String(), zap.Error(err))
 	})
+	wg.Wait()
 	r.probes.wait()
 	return nil
 }
