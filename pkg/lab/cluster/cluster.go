@@ -73,7 +73,7 @@ func (l *Lab) StartNode(ctx context.Context, importImages ImportFunc) error {
 		return err
 	}
 	if l.Stale() {
-		// A lab whose daemons were killed without `down` (a reboot, a killed session) left mounts,
+		// A lab whose daemons were killed without `down` (a reboot, a killed terminal) left mounts,
 		// the bridge and chains behind: restore the host first, so the baseline stays the true one.
 		l.logf("cleaning up a lab left behind without `down`")
 		if err := l.Down(ctx); err != nil {
