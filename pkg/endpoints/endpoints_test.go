@@ -305,7 +305,9 @@ func TestMeshModes(t *testing.T) {
 }
 
 func TestAutoFallbackOncePerRound(t *testing.T) {
-	e := newEnv(t, Options{MeshMode: MeshAuto}, revInfo())
+	// One tick per clock step: the fast cold period would let a step fire a round while the
+	// previous one's probes are still in flight.
+	e := newEnv(t, Options{MeshMode: MeshAuto, ColdProbeFrequency: DefaultProbeFrequency}, revInfo())
 	p, svc := newPod(t, "503"), newPod(t, "503")
 	if _, err := e.kube.CoreV1().Services("ns").Create(e.ctx, privateService(testRev, svc.dest()), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
