@@ -28,12 +28,17 @@ test-unit:
 test-pod: $(QUEUE_PROXY)
 	THAW_QUEUE_PROXY=$(QUEUE_PROXY) $(GO) test -race -count=1 $(PKGS)
 
-# Each fuzz target for a short fixed time (go test -fuzz takes one target at a time).
+# Each fuzz target for a short fixed time (go test -fuzz takes one target at a time). A run that ends
+# with the engine's own "context deadline exceeded" and no failing input is the engine, not a finding: once more.
 test-fuzz:
 	@set -e; for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg | xargs -n1 dirname | sort -u); do \
 	  for f in $$(grep -h '^func Fuzz' $$spec/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-	    echo "fuzz $$spec $$f ($(FUZZTIME))"; \
-	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) ./$$spec; \
+	    echo "fuzz $$spec $$f ($(FUZZTIME))"; out=$$(mktemp); rc=0; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) ./$$spec > $$out 2>&1 || rc=$$?; cat $$out; \
+	    if [ $$rc -ne 0 ] && grep -q 'context deadline exceeded' $$out && ! grep -q 'Failing input' $$out; then \
+	      echo "the fuzz engine ran into its own deadline (no failing input): once more"; rc=0; \
+	      $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) ./$$spec || rc=$$?; \
+	    fi; rm -f $$out; [ $$rc -eq 0 ]; \
 	  done; done
 
 # The lab suite: brings the lab cluster up once (building what is missing), runs, tears down (root).
