@@ -71,6 +71,12 @@ type Options struct {
 	// CloseGrace bounds how long a connection waits for the client's close reply at shutdown (default 1s,
 	// and never beyond the Shutdown context).
 	CloseGrace time.Duration
+	// PeerSubprotocol and PeerOut, when both set, mark Thaw autoscaler peers: a connection that asks for
+	// this websocket subprotocol gets it, and its stats go to PeerOut instead of out. Upstream's
+	// forwarders and the activators ask for no subprotocol, so they are never taken for peers, and a peer
+	// that dials an upstream replica learns from the missing subprotocol that it is not one of its own.
+	PeerSubprotocol string
+	PeerOut         chan<- wire.StatMessage
 }
 
 // Server receives stats over websockets and sends them to a channel until Shutdown.
@@ -242,7 +248,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	defer s.conns.Done()
 
-	conn, err := s.upgrader.Upgrade(w, r, nil)
+	up := s.upgrader
+	if s.opts.PeerSubprotocol != "" && s.opts.PeerOut != nil {
+		up.Subprotocols = []string{s.opts.PeerSubprotocol}
+	}
+	conn, err := up.Upgrade(w, r, nil)
 	if err != nil {
 		// Upgrade has already answered the client with an error status.
 		s.logger.Warnw("Websocket upgrade failed", "remote", r.RemoteAddr, zap.Error(err))
@@ -250,11 +260,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.m.connections.Inc()
 	defer s.m.connections.Dec()
-	s.receive(conn, r.RemoteAddr)
+	out := s.out
+	if s.opts.PeerSubprotocol != "" && conn.Subprotocol() == s.opts.PeerSubprotocol {
+		out = s.opts.PeerOut
+	}
+	s.receive(conn, r.RemoteAddr, out)
 }
 
 // receive runs one connection's read loop until the peer goes away or Shutdown.
-func (s *Server) receive(conn *websocket.Conn, remote string) {
+func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.StatMessage) {
 	logger := s.logger.With("remote", remote)
 	logger.Debug("Stat connection open")
 	defer conn.Close()
@@ -300,7 +314,7 @@ func (s *Server) receive(conn *websocket.Conn, remote string) {
 			}
 			continue
 		}
-		if !s.handleFrame(typ, buf.Bytes(), logger) {
+		if !s.handleFrame(typ, buf.Bytes(), out, logger) {
 			return
 		}
 		if buf.Cap() > 64<<10 && n < 4<<10 {
@@ -311,7 +325,7 @@ func (s *Server) receive(conn *websocket.Conn, remote string) {
 }
 
 // handleFrame decodes one frame and hands its stats on; false means Shutdown interrupted the send.
-func (s *Server) handleFrame(typ int, data []byte, logger *zap.SugaredLogger) bool {
+func (s *Server) handleFrame(typ int, data []byte, out chan<- wire.StatMessage, logger *zap.SugaredLogger) bool {
 	msgs, noStat, drop, err := decodeFrame(typ, data, s.clk.Now().Unix())
 	if drop != "" {
 		s.m.dropped.WithLabelValues(drop).Inc()
@@ -324,7 +338,7 @@ func (s *Server) handleFrame(typ int, data []byte, logger *zap.SugaredLogger) bo
 	}
 	for _, sm := range msgs {
 		select {
-		case s.out <- sm:
+		case out <- sm:
 			s.m.received.Inc()
 		case <-s.stopCtx.Done():
 			return false
