@@ -41,7 +41,7 @@ const (
 	// dialTimeout is upstream's establish timeout.
 	dialTimeout = 500 * time.Millisecond
 	// retryPeriod is upstream's retry period.
-	retryPeriod = 500 * time.Millisecond
+	retryPeriod  = 500 * time.Millisecond
 	writeTimeout = 2 * time.Second
 )
 
@@ -206,7 +206,7 @@ func newPeer(f *Forwarder, ip string) *peer {
 		f: f, ip: ip, url: "ws://" + hostport + "/",
 		q: make(chan msg, f.opts.Queue), ctx: ctx, stop: cancel,
 		logger: f.opts.Logger.With("peer", ip),
-		drops: map[string]*atomic.Uint64{ReasonQueueFull: {}, ReasonWriteFailed: {}, ReasonPeerGone: {}},
+		drops:  map[string]*atomic.Uint64{ReasonQueueFull: {}, ReasonWriteFailed: {}, ReasonPeerGone: {}},
 	}
 }
 
