@@ -40,7 +40,7 @@ func (w Window) Contains(t time.Duration) bool {
 // minutes returns the 1-based trace minutes the window covers: minute m
 // spans [(m−1) min, m min), and is in the window when it starts there.
 func (w Window) minutes() (first, last int) {
-	first = int((w.From + time.Minute - 1) / time.Minute) + 1
+	first = int((w.From+time.Minute-1)/time.Minute) + 1
 	last = 1 << 30
 	if w.To != 0 {
 		last = int((w.To + time.Minute - 1) / time.Minute)
