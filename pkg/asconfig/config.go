@@ -73,6 +73,12 @@ const (
 	KeyMinScale                             = "min-scale"
 	KeyMaxScale                             = "max-scale"
 	KeyMaxScaleLimit                        = "max-scale-limit"
+
+	// KeyThawWakePacing is Thaw's own: "on" (the default) paces scale-ups
+	// from zero to the cluster's pod-start capacity (pkg/pacer), "off"
+	// scales every revision from zero at once, as upstream. Upstream's
+	// autoscaler ignores the key.
+	KeyThawWakePacing = "thaw-wake-pacing"
 )
 
 // Config is the parsed config-autoscaler. Field names follow upstream's autoscalerconfig.Config.
@@ -108,6 +114,9 @@ type Config struct {
 	ScaleDownDelay                time.Duration
 
 	PodAutoscalerClass string
+
+	// WakePacing is thaw-wake-pacing; not one of upstream's fields.
+	WakePacing bool
 }
 
 // DefaultConfig is the config of an empty ConfigMap.
@@ -129,6 +138,7 @@ func DefaultConfig() *Config {
 		PanicThresholdPercentage: 200,
 		ScaleToZeroGracePeriod:   30 * time.Second,
 		PodAutoscalerClass:       KPA,
+		WakePacing:               true,
 	}
 }
 
@@ -228,6 +238,22 @@ func (p *parser) bool(key string, dst *bool) {
 	*dst = b
 }
 
+// onOff reads "on" or "off" (any case, spaces around ignored).
+func (p *parser) onOff(key string, dst *bool) {
+	s, ok := p.data[key]
+	if !ok {
+		return
+	}
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "on":
+		*dst = true
+	case "off":
+		*dst = false
+	default:
+		p.fail(key, wantOnOff, nil)
+	}
+}
+
 // Allowed values, as told in errors.
 const (
 	wantCCPercentage   = "a percentage in (1, 100] or a fraction in (0, 1]"
@@ -243,6 +269,7 @@ const (
 	wantActivatorCap   = "a number ≥ 1"
 	wantInitialScale   = "an integer ≥ 1, or ≥ 0 with allow-zero-initial-scale: true"
 	wantNonNegInt      = "an integer in [0, 2147483647]"
+	wantOnOff          = "on or off"
 )
 
 // NewConfigFromMap parses the data of config-autoscaler; missing keys take their defaults.
@@ -255,6 +282,7 @@ func NewConfigFromMap(data map[string]string) (*Config, error) {
 	}
 	p.bool(KeyEnableScaleToZero, &c.EnableScaleToZero)
 	p.bool(KeyAllowZeroInitialScale, &c.AllowZeroInitialScale)
+	p.onOff(KeyThawWakePacing, &c.WakePacing)
 
 	p.float(KeyMaxScaleUpRate, &c.MaxScaleUpRate, wantRate)
 	p.float(KeyMaxScaleDownRate, &c.MaxScaleDownRate, wantRate)

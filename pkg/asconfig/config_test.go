@@ -298,3 +298,41 @@ func FuzzNewConfigFromMap(f *testing.F) {
 		compareWithUpstream(t, m)
 	})
 }
+
+// thaw-wake-pacing is Thaw's own key: on by default, "on"/"off" in any
+// case, anything else an error naming key, value and the allowed values.
+func TestThawWakePacing(t *testing.T) {
+	for _, c := range []struct {
+		value   string
+		set     bool
+		want    bool
+		wantErr bool
+	}{
+		{want: true},
+		{value: "on", set: true, want: true},
+		{value: " OFF ", set: true, want: false},
+		{value: "off", set: true, want: false},
+		{value: "true", set: true, wantErr: true},
+		{value: "", set: true, wantErr: true},
+	} {
+		m := map[string]string{}
+		if c.set {
+			m[KeyThawWakePacing] = c.value
+		}
+		got, err := NewConfigFromMap(m)
+		if c.wantErr {
+			if err == nil {
+				t.Errorf("%q accepted", c.value)
+				continue
+			}
+			checkErrorNames(t, m, err, map[string]string{KeyThawWakePacing: ""})
+			if !strings.Contains(err.Error(), "on or off") {
+				t.Errorf("%q: error %q does not say on or off", c.value, err)
+			}
+			continue
+		}
+		if err != nil || got.WakePacing != c.want {
+			t.Errorf("%q: WakePacing %v, %v; want %v", c.value, got != nil && got.WakePacing, err, c.want)
+		}
+	}
+}
