@@ -15,6 +15,7 @@ const (
 	// Autoscaler phases.
 	PhaseDecide = "decide" // poke received → decision > 0
 	PhaseScale  = "scale"  // decision → /scale patch returned
+	PhasePaced  = "paced"  // part of scale: waiting for pod-start capacity
 	// Both.
 	PhaseTotal = "total"
 )

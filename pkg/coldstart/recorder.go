@@ -160,12 +160,44 @@ func (r *Recorder) ScaleWritten(key types.NamespacedName, at time.Time, desired 
 	s.rec.ScaleWritten, s.rec.DesiredScale = at, desired
 	observe(r.hist, PhaseDecide, s.rec.PokeReceived, s.rec.Decided)
 	observe(r.hist, PhaseScale, s.rec.Decided, at)
+	if !s.rec.Decided.IsZero() {
+		r.hist.WithLabelValues(PhasePaced).Observe(s.rec.PacedSeconds)
+	}
 	observe(r.hist, PhaseTotal, s.rec.PokeReceived, at)
 	if s.span != nil {
 		s.span.AddEvent(EventScaleWritten, trace.WithTimestamp(at), trace.WithAttributes(attribute.Int("desired", int(desired))))
 		s.span.End(trace.WithTimestamp(at))
 	}
 	r.opts.Ring.Add(s.rec)
+}
+
+// PokedAt returns when key's open record began: its poke, or without one
+// its decision. The wake-up pacer orders scale-ups from zero by it.
+func (r *Recorder) PokedAt(key types.NamespacedName) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.open[key]
+	switch {
+	case s == nil:
+		return time.Time{}, false
+	case !s.rec.PokeReceived.IsZero():
+		return s.rec.PokeReceived, true
+	case !s.rec.Decided.IsZero():
+		return s.rec.Decided, true
+	}
+	return time.Time{}, false
+}
+
+// Paced notes that key's scale from zero waited d for pod-start capacity.
+func (r *Recorder) Paced(key types.NamespacedName, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.open[key]; s != nil {
+		s.rec.PacedSeconds = d.Seconds()
+		if s.span != nil {
+			s.span.SetAttributes(attribute.Float64("paced_seconds", d.Seconds()))
+		}
+	}
 }
 
 // Forget drops key's open record (its PA was deleted).

@@ -163,3 +163,38 @@ func TestRecorder(t *testing.T) {
 		t.Fatalf("total observed %d times, want 2 (not for the pokeless record)", n)
 	}
 }
+
+// The pacer's view: PokedAt orders wake-ups by the poke (or the decision
+// without one), and Paced lands in the record, its JSON and the paced phase.
+func TestRecorderPaced(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	rc := NewRecorder(RecorderOptions{Registerer: reg})
+	t0 := time.Unix(5000, 0)
+	if _, ok := rc.PokedAt(rev); ok {
+		t.Fatal("PokedAt with nothing open")
+	}
+	rc.Decided(rev, t0, 1)
+	if at, ok := rc.PokedAt(rev); !ok || !at.Equal(t0) {
+		t.Fatalf("PokedAt without a poke = %v %v, want the decision", at, ok)
+	}
+	other := types.NamespacedName{Namespace: "ns", Name: "other"}
+	rc.PokeReceived(other, t0.Add(time.Second))
+	if at, ok := rc.PokedAt(other); !ok || !at.Equal(t0.Add(time.Second)) {
+		t.Fatalf("PokedAt = %v %v, want the poke", at, ok)
+	}
+	rc.Decided(other, t0.Add(2*time.Second), 1)
+	rc.Paced(other, 1500*time.Millisecond)
+	rc.ScaleWritten(other, t0.Add(4*time.Second), 1)
+	rc.ScaleWritten(rev, t0.Add(time.Second), 1)
+	recs := rc.Ring().Snapshot()
+	if len(recs) != 2 || recs[0].PacedSeconds != 1.5 || recs[1].PacedSeconds != 0 {
+		t.Fatalf("records %+v, want 1.5 s paced then none", recs)
+	}
+	b, _ := json.Marshal(recs)
+	if !strings.Contains(string(b), `"pacedSeconds":1.5}`) || strings.Count(string(b), "pacedSeconds") != 1 {
+		t.Fatalf("JSON %s: want pacedSeconds only where paced", b)
+	}
+	if n, sum := count(t, reg, autoscalerHist, PhasePaced); n != 2 || sum != 1.5 {
+		t.Fatalf("paced phase: %d observations summing %v, want 2 summing 1.5", n, sum)
+	}
+}

@@ -19,6 +19,10 @@ type ScaleRecord struct {
 	// ScaleWritten: the /scale patch from 0 to DesiredScale returned OK.
 	ScaleWritten time.Time `json:"scaleWritten"`
 	DesiredScale int32     `json:"desiredScale"`
+	// PacedSeconds is how long the scale from zero waited for the
+	// cluster's pod-start capacity (pkg/pacer) between the decision and
+	// the patch; absent when it did not wait.
+	PacedSeconds float64 `json:"pacedSeconds,omitempty"`
 }
 
 // DefaultRingSize is how many records the autoscaler keeps.
