@@ -1,21 +1,10 @@
-// Command autoscaler is Thaw's drop-in for Knative Serving's autoscaler.
-//
-// Always, on every replica: the websocket stat server (:8080, which also
-// answers the kubelet's probes), the Prometheus endpoint (:9090), pprof on
-// :8008 while config-observability enables runtime profiling, and live
-// watches of config-autoscaler, config-deployment, config-network,
-// config-logging and config-observability.
-//
-// While this replica holds the Lease autoscaler-bucket-00-of-01: the
-// informers, the Metric reconciler with the collector and its queue-proxy
-// scrapers, the deciders, and the KPA reconciler. Stats that arrive while
-// not leading are dropped and counted (a single bucket: the activators reach
-// the leader through the autoscaler Service once it is the only ready pod).
+// Command autoscaler is Thaw's drop-in for Knative Serving's autoscaler: flags, environment, API
+// clients and the logger, wired into pkg/lifecycle, which runs the process (stat server, buckets,
+// forwarding between replicas, informers, reconcilers).
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -35,21 +24,17 @@ import (
 	netclientset "knative.dev/networking/pkg/client/clientset/versioned"
 	pkglogging "knative.dev/pkg/logging"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
+
+	"github.com/thaw-dev/thaw/pkg/lifecycle"
 )
 
-const component = "autoscaler"
-
 type config struct {
-	kubeconfig, server     string
-	qps                    float64
-	burst                  int
-	scaleQPS               float64
-	scaleBurst             int
-	statsAddr, metricsAddr string
-	profilingAddr          string
-	podName, podIP, ns     string
-	loggingName, obsName   string
-	shutdownTimeout        time.Duration
+	kubeconfig, server string
+	qps                float64
+	burst              int
+	scaleQPS           float64
+	scaleBurst         int
+	lifecycle.Config
 }
 
 func main() {
@@ -63,15 +48,19 @@ func main() {
 	// must not queue behind status and event writes (upstream shares one).
 	flag.Float64Var(&cfg.scaleQPS, "scale-api-qps", envFloat("SCALE_API_QPS", 50), "Maximum QPS of /scale patches, apart from --kube-api-qps.")
 	flag.IntVar(&cfg.scaleBurst, "scale-api-burst", int(envFloat("SCALE_API_BURST", 100)), "Maximum burst of /scale patches, apart from --kube-api-burst.")
-	flag.StringVar(&cfg.statsAddr, "stats-addr", ":8080", "Address of the websocket stat server and the probes.")
-	flag.StringVar(&cfg.metricsAddr, "metrics-addr", ":9090", "Address of the Prometheus metrics endpoint.")
-	flag.StringVar(&cfg.profilingAddr, "profiling-addr", ":8008", "Address of pprof (served while config-observability enables it); empty disables.")
-	flag.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "Bound on a graceful shutdown.")
+	flag.StringVar(&cfg.StatsAddr, "stats-addr", ":8080", "Address of the websocket stat server and the probes.")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9090", "Address of the Prometheus metrics endpoint.")
+	flag.StringVar(&cfg.ProfilingAddr, "profiling-addr", ":8008", "Address of pprof (served while config-observability enables it); empty disables.")
+	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "Bound on a graceful shutdown.")
 	flag.Parse()
-	cfg.podName, cfg.podIP = os.Getenv("POD_NAME"), os.Getenv("POD_IP")
-	cfg.ns = envOr("SYSTEM_NAMESPACE", "knative-serving")
-	cfg.loggingName = envOr("CONFIG_LOGGING_NAME", "config-logging")
-	cfg.obsName = envOr("CONFIG_OBSERVABILITY_NAME", "config-observability")
+	cfg.PodName, cfg.PodIP = os.Getenv("POD_NAME"), os.Getenv("POD_IP")
+	cfg.Namespace = envOr("SYSTEM_NAMESPACE", "knative-serving")
+	cfg.LoggingName = envOr("CONFIG_LOGGING_NAME", "config-logging")
+	cfg.ObservabilityName = envOr("CONFIG_OBSERVABILITY_NAME", "config-observability")
+	cfg.ServiceName = lifecycle.Component
+	if _, port, err := net.SplitHostPort(cfg.StatsAddr); err == nil {
+		cfg.StatPort, _ = strconv.Atoi(port)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -84,11 +73,11 @@ func main() {
 	// upstream's; afterwards only its level follows the ConfigMap.
 	logger, level := newLogger(ctx, deps.Kube, cfg)
 	defer func() { _ = logger.Sync() }()
-	if err := checkIdentity(cfg); err != nil {
+	if err := lifecycle.CheckIdentity(cfg.PodName, cfg.PodIP); err != nil {
 		logger.Errorw("Refusing to start", zap.Error(err))
 		os.Exit(1)
 	}
-	if err := run(ctx, cfg, deps, nil, logger, level); err != nil {
+	if err := lifecycle.Run(ctx, cfg.Config, deps, nil, logger, level); err != nil {
 		logger.Errorw("Autoscaler failed", zap.Error(err))
 		os.Exit(1)
 	}
@@ -100,7 +89,7 @@ func main() {
 func newLogger(ctx context.Context, kube kubernetes.Interface, cfg config) (*zap.SugaredLogger, zap.AtomicLevel) {
 	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cm, getErr := kube.CoreV1().ConfigMaps(cfg.ns).Get(gctx, cfg.loggingName, metav1.GetOptions{})
+	cm, getErr := kube.CoreV1().ConfigMaps(cfg.Namespace).Get(gctx, cfg.LoggingName, metav1.GetOptions{})
 	var (
 		lc       *pkglogging.Config
 		parseErr error
@@ -110,31 +99,15 @@ func newLogger(ctx context.Context, kube kubernetes.Interface, cfg config) (*zap
 	}
 	if getErr != nil || parseErr != nil {
 		logger, level := pkglogging.NewLogger("", "info")
-		logger = logger.Named(component)
+		logger = logger.Named(lifecycle.Component)
 		if getErr != nil && !apierrors.IsNotFound(getErr) {
-			logger.Warnw("Cannot read the logging ConfigMap; logging at info", "configmap", cfg.loggingName, zap.Error(getErr))
+			logger.Warnw("Cannot read the logging ConfigMap; logging at info", "configmap", cfg.LoggingName, zap.Error(getErr))
 		} else if parseErr != nil {
-			logger.Errorw("Invalid logging ConfigMap; logging at info", "configmap", cfg.loggingName, zap.Error(parseErr))
+			logger.Errorw("Invalid logging ConfigMap; logging at info", "configmap", cfg.LoggingName, zap.Error(parseErr))
 		}
 		return logger, level
 	}
-	return pkglogging.NewLoggerFromConfig(lc, component)
-}
-
-// checkIdentity validates the Lease holder identity <POD_NAME>_<POD_IP>:
-// a loopback IP would name an address no other replica can reach.
-func checkIdentity(cfg config) error {
-	if cfg.podName == "" || cfg.podIP == "" {
-		return errors.New("POD_NAME and POD_IP must be set (downward API): they make the Lease holder identity")
-	}
-	ip := net.ParseIP(cfg.podIP)
-	if ip == nil {
-		return fmt.Errorf("POD_IP %q is not an IP address", cfg.podIP)
-	}
-	if ip.IsLoopback() {
-		return fmt.Errorf("%w (POD_IP=%s)", errLoopbackIP, cfg.podIP)
-	}
-	return nil
+	return pkglogging.NewLoggerFromConfig(lc, lifecycle.Component)
 }
 
 // restConfig builds the API server configuration from the flags, or the
@@ -153,31 +126,31 @@ func restConfig(cfg config) (*rest.Config, error) {
 		return nil, err
 	}
 	rc.QPS, rc.Burst = float32(cfg.qps), cfg.burst
-	rc.UserAgent = "thaw-" + component
+	rc.UserAgent = "thaw-" + lifecycle.Component
 	return rc, nil
 }
 
 // buildDeps makes the generated clientsets from the REST configuration.
-func buildDeps(cfg config) (deps, error) {
+func buildDeps(cfg config) (lifecycle.Deps, error) {
 	rc, err := restConfig(cfg)
 	if err != nil {
-		return deps{}, fmt.Errorf("API configuration: %w", err)
+		return lifecycle.Deps{}, fmt.Errorf("API configuration: %w", err)
 	}
-	var d deps
+	var d lifecycle.Deps
 	if d.Kube, err = kubernetes.NewForConfig(rc); err != nil {
-		return deps{}, err
+		return lifecycle.Deps{}, err
 	}
 	if d.Serving, err = servingclientset.NewForConfig(rc); err != nil {
-		return deps{}, err
+		return lifecycle.Deps{}, err
 	}
 	if d.Networking, err = netclientset.NewForConfig(rc); err != nil {
-		return deps{}, err
+		return lifecycle.Deps{}, err
 	}
 	// The dynamic client only patches /scale; it gets its own limiter.
 	src := rest.CopyConfig(rc)
 	src.QPS, src.Burst, src.RateLimiter = float32(cfg.scaleQPS), cfg.scaleBurst, nil
 	if d.Dynamic, err = dynamic.NewForConfig(src); err != nil {
-		return deps{}, err
+		return lifecycle.Deps{}, err
 	}
 	return d, nil
 }

@@ -84,6 +84,13 @@ type Options struct {
 	OnChange func(types.NamespacedName)
 	// MaxFutureSkew overrides DefaultMaxFutureSkew; negative disables it.
 	MaxFutureSkew time.Duration
+	// ScrapeGate, if set, is asked before each scrape: a revision whose
+	// bucket another replica holds is scraped there, not here (its windows
+	// are still fed, by the owner's mirrored scrapes). Nil scrapes all.
+	ScrapeGate func(types.NamespacedName) bool
+	// OnScrape, if set, is given every stat a scrape recorded, with its
+	// time, so that the owner can mirror it to the other replicas.
+	OnScrape func(types.NamespacedName, time.Time, wire.Stat)
 }
 
 // Drops counts stats that were not recorded.
@@ -102,6 +109,8 @@ type Collector struct {
 	scrapers ScraperFactory
 	onChange atomic.Pointer[func(types.NamespacedName)]
 	skew     time.Duration
+	gate     func(types.NamespacedName) bool
+	onScrape func(types.NamespacedName, time.Time, wire.Stat)
 
 	mu   sync.RWMutex
 	revs map[types.NamespacedName]*collection
@@ -119,6 +128,8 @@ func New(opts Options) *Collector {
 		logger:   opts.Logger,
 		scrapers: opts.Scrapers,
 		skew:     opts.MaxFutureSkew,
+		gate:     opts.ScrapeGate,
+		onScrape: opts.OnScrape,
 		revs:     make(map[types.NamespacedName]*collection),
 	}
 	if c.clock == nil {
@@ -365,6 +376,9 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 			stat wire.Stat
 			err  error
 		)
+		if c.gate != nil && !c.gate(key) {
+			continue
+		}
 		if scraper != nil && cfg.ScrapeTarget != "" {
 			stat, err = scraper.Scrape(ctx, cfg.StableWindow)
 			if err != nil {
@@ -381,12 +395,17 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 		// needs a refresh.
 		changed := errText(err) != errText(col.lastErr)
 		col.lastErr = err
+		var at time.Time
 		if stat != (wire.Stat{}) {
-			col.record(c.clock.Now(),
+			at = c.clock.Now()
+			col.record(at,
 				stat.AverageConcurrentRequests-stat.AverageProxiedConcurrentRequests,
 				stat.RequestCount-stat.ProxiedRequestCount)
 		}
 		col.mu.Unlock()
+		if !at.IsZero() && c.onScrape != nil {
+			c.onScrape(key, at, stat)
+		}
 		if fn := c.onChange.Load(); changed && fn != nil && *fn != nil {
 			(*fn)(key)
 		}

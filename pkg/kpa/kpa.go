@@ -106,6 +106,10 @@ type Deps struct {
 	// ColdStarts, if set, is told when a /scale patch from 0 returned OK
 	// (coldstart.Recorder completes the revision's open record).
 	ColdStarts ScaleWatcher
+	// Owns, if set, says whether this replica holds key's bucket; a PA of
+	// a bucket held elsewhere is not reconciled here, and its decider is
+	// dropped (another replica decides). Nil owns everything.
+	Owns func(types.NamespacedName) bool
 }
 
 // ScaleWatcher hears of successful scales from zero. It must not block.
@@ -236,7 +240,11 @@ func (r *Reconciler) Enqueue(key types.NamespacedName) { r.queue.Add(key) }
 // EnqueueAfter reconciles key after d.
 func (r *Reconciler) EnqueueAfter(key types.NamespacedName, d time.Duration) { r.after(key, d) }
 
-// ResyncAll enqueues every KPA-class PA (on a config change).
+// owns reports whether this replica reconciles key.
+func (r *Reconciler) owns(key types.NamespacedName) bool { return r.d.Owns == nil || r.d.Owns(key) }
+
+// ResyncAll enqueues every KPA-class PA (on a config change, or when a
+// bucket is won or lost).
 func (r *Reconciler) ResyncAll() {
 	pas, err := r.paLister.List(labels.Everything())
 	if err != nil {
@@ -270,6 +278,13 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) error {
 	ctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
 	defer cancel()
+	if !r.owns(key) {
+		// Another replica's bucket: it decides and writes.
+		r.d.Deciders.Delete(key)
+		r.probes.cancel(key)
+		r.podMetrics.delete(key)
+		return nil
+	}
 	orig, err := r.paLister.PodAutoscalers(key.Namespace).Get(key.Name)
 	if apierrors.IsNotFound(err) || (err == nil && !isKPA(orig)) {
 		// Deleted, or handed to another class.

@@ -54,6 +54,9 @@ func (r *Reconciler) runWake(ctx context.Context, wg *sync.WaitGroup) {
 // within the same bounds the reconcile applies. Errors are logged, never
 // retried here: the reconcile is queued too and retries.
 func (r *Reconciler) wakeOne(ctx context.Context, key types.NamespacedName) error {
+	if !r.owns(key) {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, reconcileTimeout)
 	defer cancel()
 	pa, err := r.paLister.PodAutoscalers(key.Namespace).Get(key.Name)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -50,6 +51,10 @@ type Deps struct {
 	Metrics   asinformers.MetricInformer
 	Collector Collector
 	Logger    *zap.SugaredLogger
+	// Owns, if set, says whether this replica holds key's bucket. Every
+	// replica keeps the collection (stats reach all of them, so a new owner
+	// starts warm); only the owner writes the Metric's status.
+	Owns func(types.NamespacedName) bool
 }
 
 // Reconciler reconciles Metrics.
@@ -59,6 +64,7 @@ type Reconciler struct {
 	synced    cache.InformerSynced
 	collector Collector
 	logger    *zap.SugaredLogger
+	owns      func(types.NamespacedName) bool
 	queue     workqueue.TypedRateLimitingInterface[types.NamespacedName]
 }
 
@@ -71,6 +77,7 @@ func New(d Deps) (*Reconciler, error) {
 		synced:    d.Metrics.Informer().HasSynced,
 		collector: d.Collector,
 		logger:    d.Logger,
+		owns:      d.Owns,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
 			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "metric"}),
@@ -101,6 +108,18 @@ func (r *Reconciler) enqueueObj(obj any) {
 // Enqueue asks for key to be reconciled; the collector's OnChange calls it
 // when a revision's scrape error changes.
 func (r *Reconciler) Enqueue(key types.NamespacedName) { r.queue.Add(key) }
+
+// ResyncAll enqueues every Metric (when a bucket is won, so that its
+// Metrics' status is written by the new owner).
+func (r *Reconciler) ResyncAll() {
+	ms, err := r.lister.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		r.Enqueue(types.NamespacedName{Namespace: m.Namespace, Name: m.Name})
+	}
+}
 
 // Run reconciles with workers goroutines until ctx ends.
 func (r *Reconciler) Run(ctx context.Context, workers int) error {
@@ -141,6 +160,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) er
 		SetStatus(&want.Status, r.collector.CreateOrUpdate(key, cfg))
 	}
 	want.Status.ObservedGeneration = m.Generation
+	if r.owns != nil && !r.owns(key) {
+		return nil // the owner writes the status
+	}
 	if equality.Semantic.DeepEqual(want.Status, m.Status) {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package main
+package lifecycle
 
 import (
 	"fmt"
@@ -16,8 +16,7 @@ import (
 // Names of the ConfigMaps read besides config-autoscaler and
 // config-deployment (which asconfig names).
 const (
-	networkConfigName        = "config-network"
-	leaderElectionConfigName = "config-leader-election"
+	networkConfigName = "config-network"
 )
 
 // netConfig is the part of config-network the scraper uses.
@@ -65,7 +64,7 @@ func (h cmHandler) OnDelete()                              { h.onDelete() }
 // loggingHandler applies config-logging's level for the autoscaler live; a
 // deleted ConfigMap leaves the level as it is.
 func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLevel) cmHandler {
-	update := pkglogging.UpdateLevelFromConfigMap(logger, level, component)
+	update := pkglogging.UpdateLevelFromConfigMap(logger, level, Component)
 	return cmHandler{
 		name:     name,
 		onUpdate: func(cm *corev1.ConfigMap) error { update(cm); return nil },

@@ -1,0 +1,171 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/thaw-dev/thaw/pkg/bucket"
+	"github.com/thaw-dev/thaw/pkg/wire"
+)
+
+// replica is one more autoscaler process on the harness's fake API server.
+type replica struct {
+	addrs  [2]string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startReplica runs another process against h's clients, as pod name at ip (a loopback address of its
+// own, so that the replicas share the stat port as pods do).
+func (h *harness) startReplica(t *testing.T, name, ip string, port int) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{cancel: cancel, done: make(chan error, 1)}
+	cfg := Config{StatsAddr: net.JoinHostPort(ip, strconv.Itoa(port)), MetricsAddr: ip + ":0", Namespace: sysNS,
+		PodName: name, PodIP: ip, LoggingName: "config-logging", ObservabilityName: "config-observability",
+		ShutdownTimeout: 5 * time.Second, StatPort: port, allowLoopback: true}
+	d := Deps{Kube: h.kube, Serving: h.serving, Networking: h.net, Dynamic: h.dyn, Prober: okProber{}}
+	ready := make(chan [2]string, 1)
+	go func() {
+		r.done <- Run(ctx, cfg, d, ready, zaptest.NewLogger(t).Sugar().Named(name), zap.NewAtomicLevel())
+	}()
+	t.Cleanup(func() { r.stop(t) })
+	select {
+	case r.addrs = <-ready:
+	case err := <-r.done:
+		r.done <- err
+		t.Fatalf("replica %s ended early: %v", name, err)
+	}
+	return r
+}
+
+func (r *replica) stop(t *testing.T) {
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("replica: %v", err)
+		}
+		r.done <- err
+	case <-time.After(15 * time.Second):
+		t.Error("replica did not stop")
+	}
+}
+
+// freePort finds a port free on both loopback addresses.
+func freePort(t *testing.T, ips ...string) int {
+	for range 20 {
+		l, err := net.Listen("tcp", ips[0]+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		ok := true
+		for _, ip := range ips[1:] {
+			l2, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+			if err != nil {
+				ok = false
+				break
+			}
+			l2.Close()
+		}
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no port free on every address")
+	return 0
+}
+
+// The activator's websocket lands on a replica that holds no bucket (upstream's HA failure with Thaw
+// before buckets): the stat reaches the holder through the peer link and the PA gets its desiredScale.
+// When the holder stops, the other replica takes the bucket over without a restart and decides from
+// the windows it kept (a stat sent only before the hand-over still counts).
+func TestStatReachesTheHolderAndHandsOver(t *testing.T) {
+	ctx := context.Background()
+	const ipA, ipB = "127.0.0.2", "127.0.0.3"
+	h := start(t, map[string]string{"lease-duration": "2s", "renew-deadline": "1s", "retry-period": "200ms"})
+	h.stop(t) // only its clients are used: replicas a and b run on the same fake API server
+	port := freePort(t, ipA, ipB)
+	a := h.startReplica(t, "autoscaler-a", ipA, port)
+	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-a", ipA) })
+	b := h.startReplica(t, "autoscaler-b", ipB, port)
+	// The autoscaler Service's endpoints: both replicas.
+	if _, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "autoscaler-x1", Namespace: sysNS, Labels: map[string]string{discoveryv1.LabelServiceName: "autoscaler"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ipA}}, {Addresses: []string{ipB}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(port))}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The holder points the bucket Service at itself for upstream's forwarders.
+	eventually(t, "bucket EndpointSlice", func() bool {
+		es, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
+		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == ipA
+	})
+	h.sksFor(t, ctx, rev.Name)
+	eventually(t, "Metric status", func() bool {
+		m, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && m.Status.GetCondition("Ready") != nil
+	})
+
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+b.addrs[0]+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	send := func(c float64) {
+		frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev,
+			Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: c, RequestCount: c}}})
+		if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desired := func() int32 {
+		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		if err != nil || pa.Status.DesiredScale == nil {
+			return -2
+		}
+		return *pa.Status.DesiredScale
+	}
+	// 250 concurrent against the default target 100 at 70%: 4 pods, decided by a from b's stat.
+	eventually(t, "desiredScale 4 from a stat sent to the replica without the bucket", func() bool {
+		send(250)
+		return desired() == 4
+	})
+
+	// a goes (gracefully: it releases the Lease); b takes the bucket and, with the stats it recorded,
+	// keeps wanting 4 without any new stat.
+	a.stop(t)
+	eventually(t, "b holds the bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-b", ipB) })
+	eventually(t, "bucket EndpointSlice moved to b", func() bool {
+		es, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
+		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == ipB
+	})
+	// The PA is written by b now: make it forget a's value, then see b's decision.
+	pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa.Status.DesiredScale = ptr.To(int32(-1))
+	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b decides 4 from the kept window", func() bool { return desired() == 4 })
+	if errors.Is(ctx.Err(), context.Canceled) {
+		t.Fatal("unreachable")
+	}
+}
