@@ -131,6 +131,8 @@ type Reconciler struct {
 	// after delays a reconcile (the queue's AddAfter; replaceable in tests).
 	after func(types.NamespacedName, time.Duration)
 	wake  *waker
+	// pacing holds scale-ups from zero to the pod-start capacity.
+	pacing *pacing
 }
 
 // New returns a Reconciler and registers its event handlers on the
@@ -165,6 +167,10 @@ func New(d Deps) (*Reconciler, error) {
 	}
 	r.after = r.queue.AddAfter
 	r.wake = newWaker()
+	var err error
+	if r.pacing, err = newPacing(r); err != nil {
+		return nil, err
+	}
 	r.probes = newAsyncProber(d.Prober, d.Clock, r.EnqueueAfter, d.Logger)
 
 	handlers := []struct {
@@ -266,6 +272,7 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 	r.probes.start(ctx)
 	var wg sync.WaitGroup
 	r.runWake(ctx, &wg)
+	r.pacing.start(ctx, &wg)
 	workloop.Run(ctx, r.queue, workers, r.Reconcile, func(key types.NamespacedName, err error) {
 		r.d.Logger.Warnw("PodAutoscaler reconcile failed; retrying", "key", key.String(), zap.Error(err))
 	})

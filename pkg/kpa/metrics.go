@@ -49,10 +49,12 @@ func (r *Reconciler) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequested, descCount, descNotReady, descPending, descTerminating} {
 		ch <- d
 	}
+	r.pacing.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (r *Reconciler) Collect(ch chan<- prometheus.Metric) {
+	r.pacing.Collect(ch)
 	r.podMetrics.mu.Lock()
 	defer r.podMetrics.mu.Unlock()
 	for k, g := range r.podMetrics.m {

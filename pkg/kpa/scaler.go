@@ -86,6 +86,10 @@ func (r *Reconciler) scale(ctx context.Context, pa *autoscalingv1alpha1.PodAutos
 		lo = max(lo, s.InitialScale)
 	}
 	desired = applyBounds(lo, hi, desired)
+	key := types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name}
+	if desired == 0 {
+		r.pacing.withdraw(key) // a paced wake-up no longer wanted
+	}
 
 	desired, apply := r.handleScaleToZero(ctx, pa, sks, s, desired, cfg, logger)
 	if !apply {
@@ -102,12 +106,17 @@ func (r *Reconciler) scale(ctx context.Context, pa *autoscalingv1alpha1.PodAutos
 	if desired == current {
 		return desired, nil
 	}
+	if current == 0 && desired > 0 && !r.pacing.admit(key, desired) {
+		// It waits in the pacer, which hands it to the wake path.
+		logger.Debugw("Scale from zero paced", "to", desired)
+		return desired, nil
+	}
 	logger.Infow("Scaling", "from", current, "to", desired)
 	if err := r.d.Scales.SetReplicas(ctx, pa.Namespace, pa.Spec.ScaleTargetRef, desired); err != nil {
 		return desired, fmt.Errorf("scaling %s to %d: %w", pa.Spec.ScaleTargetRef.Name, desired, err)
 	}
 	if current == 0 && desired > 0 && r.d.ColdStarts != nil {
-		r.d.ColdStarts.ScaleWritten(types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name}, r.d.Clock.Now(), desired)
+		r.d.ColdStarts.ScaleWritten(key, r.d.Clock.Now(), desired)
 	}
 	r.d.Recorder.Eventf(pa, corev1.EventTypeNormal, "ScaleTargetScaled", "Scaled %s from %d to %d",
 		pa.Spec.ScaleTargetRef.Name, current, desired)
