@@ -82,6 +82,15 @@ bench-lab:
 
 .PHONY: bench-core bench-lab
 
+# Upstream Knative Serving's own suites (knative.dev/serving/test/ha and the autoscale tests of test/e2e,
+# compiled from the module cache) on the lab, with upstream's activator and autoscaler and then Thaw's, at
+# 2 replicas x 1 bucket and 3 x 10 (root). Brings the lab up (or reuses a running one) and down at the end
+# unless THAW_KEEP_LAB=1; THAW_UPSTREAM_SIDES, _SHAPES and _SUITES select; see test/upstream/README.md.
+test-upstream:
+	THAW_UPSTREAM=1 $(GO) test -tags e2e -count=1 -v -timeout 150m ./test/upstream/
+
+.PHONY: test-upstream
+
 # The lab with Thaw swapped in, helloworld-go cold-started and scaled back to zero; the lab stays up.
 run:
 	$(GO) build -o $(BIN)/thaw ./cmd/thaw
