@@ -279,10 +279,8 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 
 	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	// In-flight requests get up to the pod's termination grace (600s upstream).
-	shutdownCtx, sdCancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer sdCancel()
-	return serve(sigCtx, shutdownCtx, servers, ds, e.DrainTimeout, clk, logger)
+	// In-flight requests get up to the pod's termination grace (600s upstream), counted from SIGTERM.
+	return serve(sigCtx, servers, ds, e.DrainTimeout, terminationGrace, clk, logger)
 }
 
 // dataServer is an :8012/:8013 server: HTTP/1.1 and prior-knowledge h2c.

@@ -110,7 +110,7 @@ func TestDrain(t *testing.T) {
 	sigCtx, sigterm := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(sigCtx, context.Background(), []namedServer{{name: "http1", srv: srv, lis: lis}}, ds, 45*time.Second, clk, zaptest.NewLogger(t).Sugar())
+		done <- serve(sigCtx, []namedServer{{name: "http1", srv: srv, lis: lis}}, ds, 45*time.Second, terminationGrace, clk, zaptest.NewLogger(t).Sugar())
 	}()
 
 	get := func(path string) (int, string) {
@@ -152,5 +152,120 @@ func TestDrain(t *testing.T) {
 	}
 	if code, _ := get("/"); code != 0 {
 		t.Fatal("still serving after shutdown")
+	}
+}
+
+// TestDrainAfterLongUptime is an activator up for longer than the
+// termination grace when SIGTERM comes (every production activator): it
+// still serves for the whole drain period and waits for in-flight requests,
+// which are cut only once the grace, counted from the signal, is over.
+func TestDrainAfterLongUptime(t *testing.T) {
+	const drain, grace = 45 * time.Second, 10 * time.Minute
+	tests := []struct {
+		name string
+		// finishAfter is when the in-flight request finishes, from SIGTERM; 0 means never.
+		finishAfter time.Duration
+		wantCode    int
+	}{
+		{name: "finishes after the drain", finishAfter: drain + 2*time.Minute, wantCode: http.StatusOK},
+		{name: "finishes just before the grace", finishAfter: grace - time.Second, wantCode: http.StatusOK},
+		{name: "stuck past the grace", wantCode: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := &drainState{}
+			release := make(chan struct{})
+			inFlight := make(chan struct{})
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/slow" {
+					close(inFlight)
+					select {
+					case <-release:
+					case <-r.Context().Done():
+						return
+					}
+					io.WriteString(w, "done")
+					return
+				}
+				if err := ds.Health(); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				io.WriteString(w, "ok")
+			})
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			url := "http://" + lis.Addr().String()
+			srv := dataServer(lis.Addr().String(), h)
+			clk := clocktesting.NewFakeClock(time.Now())
+			sigCtx, sigterm := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- serve(sigCtx, []namedServer{{name: "http1", srv: srv, lis: lis}}, ds, drain, grace, clk, zaptest.NewLogger(t).Sugar())
+			}()
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			get := func(path string) int {
+				resp, err := client.Get(url + path)
+				if err != nil {
+					return 0
+				}
+				defer resp.Body.Close()
+				io.Copy(io.Discard, resp.Body)
+				return resp.StatusCode
+			}
+			if code := get("/"); code != http.StatusOK {
+				t.Fatalf("before SIGTERM: %d", code)
+			}
+			clk.Step(11 * time.Minute) // up for longer than the grace
+			slow := make(chan int, 1)
+			go func() { slow <- get("/slow") }()
+			<-inFlight
+
+			sigterm()
+			for get("/") != http.StatusInternalServerError { // draining: both timers are set
+				select {
+				case err := <-done:
+					t.Fatalf("serve returned (%v) at SIGTERM without draining", err)
+				case <-time.After(time.Millisecond):
+				}
+			}
+			stillServing := func(when string) {
+				t.Helper()
+				select {
+				case err := <-done:
+					t.Fatalf("%s: serve returned (%v) with a request in flight", when, err)
+				case c := <-slow:
+					t.Fatalf("%s: in-flight request ended early with %d", when, c)
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			stillServing("at SIGTERM")
+			clk.Step(drain - time.Second)
+			if code := get("/"); code != http.StatusInternalServerError {
+				t.Fatalf("a second before the drain ends: %d, want 500 (still served, not ready)", code)
+			}
+			clk.Step(time.Second)
+			stillServing("after the drain")
+			if tc.finishAfter > 0 {
+				clk.Step(tc.finishAfter - drain)
+				stillServing("before the request finished")
+				close(release)
+				if c := <-slow; c != tc.wantCode {
+					t.Fatalf("in-flight request: %d, want %d", c, tc.wantCode)
+				}
+			} else {
+				clk.Step(grace - drain - time.Second)
+				stillServing("a second before the grace ends")
+				clk.Step(time.Second)
+				if c := <-slow; c != tc.wantCode {
+					t.Fatalf("stuck request: %d, want %d (cut at the grace)", c, tc.wantCode)
+				}
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("serve: %v", err)
+			}
+		})
 	}
 }

@@ -36,10 +36,18 @@ type namedServer struct {
 	lis  net.Listener // nil: listen on srv.Addr
 }
 
+// terminationGrace bounds drain plus shutdown after SIGTERM: the activator's
+// terminationGracePeriodSeconds upstream (600 s), after which the kubelet
+// kills the pod anyway.
+const terminationGrace = 10 * time.Minute
+
 // serve runs the servers until sigCtx ends (SIGTERM) or one fails. It then
 // fails readiness, keeps serving for drain, and shuts every server down
-// gracefully, waiting for in-flight requests (bounded by shutdownCtx).
-func serve(sigCtx, shutdownCtx context.Context, servers []namedServer, ds *drainState, drain time.Duration,
+// gracefully, waiting for in-flight requests. drain and the shutdown share
+// one bound, grace, which starts at the signal: a bound started at start-up
+// would have run out on any activator older than grace, and it would exit
+// with requests in flight.
+func serve(sigCtx context.Context, servers []namedServer, ds *drainState, drain, grace time.Duration,
 	clk clock.Clock, logger *zap.SugaredLogger) error {
 	errCh := make(chan error, len(servers))
 	var wg sync.WaitGroup
@@ -66,16 +74,31 @@ func serve(sigCtx, shutdownCtx context.Context, servers []namedServer, ds *drain
 	case runErr = <-errCh:
 		logger.Errorw("Server failed; shutting down", zap.Error(runErr))
 	}
-	ds.draining.Store(true)
+	shutdownCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	graceTimer := clk.NewTimer(grace)
+	defer graceTimer.Stop()
+	go func() {
+		select {
+		case <-graceTimer.C():
+			logger.Warnf("Termination grace of %v is over; closing the connections left", grace)
+			cancel()
+		case <-shutdownCtx.Done():
+		}
+	}()
 	if drain > 0 {
 		logger.Infof("Serving for %v so that endpoint removal propagates", drain)
 		t := clk.NewTimer(drain)
+		// Readiness fails only once both timers exist, so a fake clock stepped after it reads
+		// draining fires them as a real one would.
+		ds.draining.Store(true)
 		select {
 		case <-t.C():
 		case <-shutdownCtx.Done():
 			t.Stop()
 		}
 	}
+	ds.draining.Store(true)
 	logger.Info("Shutting down servers")
 	var sdWG sync.WaitGroup
 	for _, s := range servers {
@@ -84,6 +107,8 @@ func serve(sigCtx, shutdownCtx context.Context, servers []namedServer, ds *drain
 			defer sdWG.Done()
 			if err := s.srv.Shutdown(shutdownCtx); err != nil {
 				logger.Errorw("Server shutdown", "server", s.name, zap.Error(err))
+				// The grace is over: cut what is left rather than leave handlers running.
+				s.srv.Close()
 			}
 		}()
 	}
