@@ -286,10 +286,18 @@ func (c *Collector) Record(key types.NamespacedName, t time.Time, s wire.Stat) {
 	col.mu.Unlock()
 }
 
+// maxUnixNanoSeconds is the first unix second UnixNano cannot represent.
+const maxUnixNanoSeconds = math.MaxInt64 / int64(time.Second)
+
 // tooNew reports whether t is more than the allowed skew ahead of the clock.
 func (c *Collector) tooNew(t time.Time) bool {
 	if c.skew < 0 {
 		return false
+	}
+	if t.Unix() >= maxUnixNanoSeconds {
+		// Past year 2262 UnixNano wraps, possibly to a value below the
+		// horizon; such a stamp is too new by any skew.
+		return true
 	}
 	tn := t.UnixNano()
 	if tn <= c.horizon.Load() {

@@ -349,3 +349,49 @@ func TestDropMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestFarFutureTimestamps: a timestamp beyond what UnixNano can hold (year
+// 2262 on) must be dropped like any other too-new one; UnixNano wraps it to
+// a value before the horizon, and the stat then sat in the windows for
+// minutes of real stats.
+func TestFarFutureTimestamps(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	tests := []struct {
+		name     string
+		at       time.Time
+		wantDrop bool
+	}{
+		{name: "now", at: t0},
+		{name: "within the skew", at: t0.Add(59 * time.Second)},
+		{name: "past the skew", at: t0.Add(2 * time.Minute), wantDrop: true},
+		{name: "9.3e9 s (wraps UnixNano)", at: time.Unix(9_300_000_000, 0), wantDrop: true},
+		{name: "max int64 seconds", at: time.Unix(math.MaxInt64, 0), wantDrop: true},
+		{name: "just past UnixNano's range", at: time.Unix(0, math.MaxInt64).Add(time.Second), wantDrop: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktest.NewFakeClock(t0)
+			c := New(Options{Clock: clk})
+			if err := c.CreateOrUpdate(key, Config{StableWindow: time.Minute, PanicWindow: 6 * time.Second}); err != nil {
+				t.Fatal(err)
+			}
+			c.Record(key, t0, wire.Stat{AverageConcurrentRequests: 1}) // primes the cached horizon
+			c.Record(key, tc.at, wire.Stat{AverageConcurrentRequests: 1000})
+			got := c.Drops().Invalid == 1
+			if got != tc.wantDrop {
+				t.Fatalf("dropped = %v, want %v", got, tc.wantDrop)
+			}
+			if !tc.wantDrop {
+				return
+			}
+			// Real stats that follow read their own values only.
+			for i := 1; i <= 70; i++ {
+				clk.Step(time.Second)
+				c.Record(key, t0.Add(time.Duration(i)*time.Second), wire.Stat{AverageConcurrentRequests: 1})
+			}
+			if s, p, err := c.StableAndPanicConcurrency(key, t0.Add(70*time.Second)); err != nil || s != 1 || p != 1 {
+				t.Fatalf("after real stats: stable %v panic %v err %v; want 1, 1", s, p, err)
+			}
+		})
+	}
+}
