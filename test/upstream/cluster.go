@@ -25,8 +25,10 @@ import (
 const (
 	SystemNamespace = "knative-serving"
 	LeaderElection  = "config-leader-election"
-	Autoscaler      = "autoscaler"
-	Activator       = "activator"
+	// DeploymentConfig is config-deployment (queue-proxy's image and resources, among others).
+	DeploymentConfig = "config-deployment"
+	Autoscaler       = "autoscaler"
+	Activator        = "activator"
 	// RestartAnnotation on a pod template restarts a Deployment's pods, as `kubectl rollout restart`.
 	RestartAnnotation = "kubectl.kubernetes.io/restartedAt"
 )
@@ -74,8 +76,12 @@ func (c *Cluster) poll() time.Duration {
 type Saved struct {
 	Replicas       map[string]int32 // Deployment → spec.replicas
 	HPAMin, HPAMax *int32           // the activator's HorizontalPodAutoscaler, nil when it has none
-	LeaderElection map[string]string
+	// ConfigMaps holds the data of the ConfigMaps the run writes (SavedConfigMaps).
+	ConfigMaps map[string]map[string]string
 }
+
+// SavedConfigMaps are the ConfigMaps a run writes: the shape's and the queue-proxy's CPU request.
+var SavedConfigMaps = []string{LeaderElection, DeploymentConfig}
 
 // Save reads what ApplyShape will change.
 func (c *Cluster) Save(ctx context.Context) (Saved, error) {
@@ -94,31 +100,57 @@ func (c *Cluster) Save(ctx context.Context) (Saved, error) {
 	case !apierrors.IsNotFound(err):
 		return s, err
 	}
-	cm, err := c.Kube.CoreV1().ConfigMaps(c.ns()).Get(ctx, LeaderElection, metav1.GetOptions{})
-	if err != nil {
-		return s, err
-	}
-	s.LeaderElection = map[string]string{}
-	for k, v := range cm.Data {
-		s.LeaderElection[k] = v
+	s.ConfigMaps = map[string]map[string]string{}
+	for _, name := range SavedConfigMaps {
+		cm, err := c.Kube.CoreV1().ConfigMaps(c.ns()).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return s, err
+		}
+		data := map[string]string{}
+		for k, v := range cm.Data {
+			data[k] = v
+		}
+		s.ConfigMaps[name] = data
 	}
 	return s, nil
+}
+
+// setConfig replaces or merges a ConfigMap's data.
+func (c *Cluster) setConfig(ctx context.Context, name string, data map[string]string, replace bool) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := c.Kube.CoreV1().ConfigMaps(c.ns()).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if replace || cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		for k, v := range data {
+			cm.Data[k] = v
+		}
+		_, err = c.Kube.CoreV1().ConfigMaps(c.ns()).Update(ctx, cm, metav1.UpdateOptions{FieldManager: kube.FieldManager})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+// SetQueueCPURequest sets config-deployment's queue-sidecar-cpu-request. Upstream's Deployments
+// request 1.45 CPU at 3 replicas (activators 300m each): with the default 25m per queue-proxy the
+// suites' pods no longer fit a 2-core node and stay Pending, which tests the node, not the autoscaler.
+func (c *Cluster) SetQueueCPURequest(ctx context.Context, v string) error {
+	return c.setConfig(ctx, DeploymentConfig, map[string]string{"queue-sidecar-cpu-request": v}, false)
 }
 
 // Restore puts back what Save read, restarts the autoscaler so that it reads its old configuration,
 // and waits for the Deployments.
 func (c *Cluster) Restore(ctx context.Context, s Saved, timeout time.Duration) error {
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cm, err := c.Kube.CoreV1().ConfigMaps(c.ns()).Get(ctx, LeaderElection, metav1.GetOptions{})
-		if err != nil {
+	for name, data := range s.ConfigMaps {
+		if err := c.setConfig(ctx, name, data, true); err != nil {
 			return err
 		}
-		cm.Data = s.LeaderElection
-		_, err = c.Kube.CoreV1().ConfigMaps(c.ns()).Update(ctx, cm, metav1.UpdateOptions{FieldManager: kube.FieldManager})
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", LeaderElection, err)
 	}
 	if s.HPAMin != nil {
 		if err := c.setHPA(ctx, *s.HPAMin, *s.HPAMax); err != nil {
@@ -137,23 +169,12 @@ func (c *Cluster) Restore(ctx context.Context, s Saved, timeout time.Duration) e
 // upstream's CI pins it), writes the buckets and upstream CI's lease timings into
 // config-leader-election, and restarts the autoscaler so that every replica reads them.
 func (c *Cluster) ApplyShape(ctx context.Context, sh Shape) error {
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cm, err := c.Kube.CoreV1().ConfigMaps(c.ns()).Get(ctx, LeaderElection, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data["buckets"] = strconv.Itoa(sh.Buckets)
-		for k, v := range LeaseTimings {
-			cm.Data[k] = v
-		}
-		_, err = c.Kube.CoreV1().ConfigMaps(c.ns()).Update(ctx, cm, metav1.UpdateOptions{FieldManager: kube.FieldManager})
+	data := map[string]string{"buckets": strconv.Itoa(sh.Buckets)}
+	for k, v := range LeaseTimings {
+		data[k] = v
+	}
+	if err := c.setConfig(ctx, LeaderElection, data, false); err != nil {
 		return err
-	})
-	if err != nil {
-		return fmt.Errorf("write %s: %w", LeaderElection, err)
 	}
 	if _, err := c.Kube.AutoscalingV2().HorizontalPodAutoscalers(c.ns()).Get(ctx, Activator, metav1.GetOptions{}); err == nil {
 		if err := c.setHPA(ctx, int32(sh.Replicas), int32(sh.Replicas)); err != nil {

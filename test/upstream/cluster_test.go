@@ -52,6 +52,8 @@ func baseObjects() []runtime.Object {
 			Spec: autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: ptr.To[int32](1), MaxReplicas: 20}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: LeaderElection, Namespace: SystemNamespace},
 			Data: map[string]string{"_example": "doc"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: DeploymentConfig, Namespace: SystemNamespace},
+			Data: map[string]string{"queue-sidecar-image": "q:1"}},
 	}
 }
 
@@ -65,6 +67,13 @@ func TestApplyShapeAndRestore(t *testing.T) {
 	}
 	if err := c.ApplyShape(ctx, Shape{Replicas: 3, Buckets: 10}); err != nil {
 		t.Fatal(err)
+	}
+	if err := c.SetQueueCPURequest(ctx, "1m"); err != nil {
+		t.Fatal(err)
+	}
+	dc, _ := kc.CoreV1().ConfigMaps(SystemNamespace).Get(ctx, DeploymentConfig, metav1.GetOptions{})
+	if dc.Data["queue-sidecar-cpu-request"] != "1m" || dc.Data["queue-sidecar-image"] != "q:1" {
+		t.Errorf("config-deployment = %v", dc.Data)
 	}
 	cm, _ := kc.CoreV1().ConfigMaps(SystemNamespace).Get(ctx, LeaderElection, metav1.GetOptions{})
 	want := map[string]string{"_example": "doc", "buckets": "10", "lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}
@@ -101,6 +110,10 @@ func TestApplyShapeAndRestore(t *testing.T) {
 	if fmt.Sprint(cm.Data) != fmt.Sprint(map[string]string{"_example": "doc"}) {
 		t.Errorf("restored config-leader-election = %v", cm.Data)
 	}
+	dc, _ = kc.CoreV1().ConfigMaps(SystemNamespace).Get(ctx, DeploymentConfig, metav1.GetOptions{})
+	if fmt.Sprint(dc.Data) != fmt.Sprint(map[string]string{"queue-sidecar-image": "q:1"}) {
+		t.Errorf("restored config-deployment = %v", dc.Data)
+	}
 	h, _ = kc.AutoscalingV2().HorizontalPodAutoscalers(SystemNamespace).Get(ctx, Activator, metav1.GetOptions{})
 	if *h.Spec.MinReplicas != 1 || h.Spec.MaxReplicas != 20 {
 		t.Errorf("restored HPA %d..%d, want 1..20", *h.Spec.MinReplicas, h.Spec.MaxReplicas)
@@ -111,7 +124,7 @@ func TestApplyShapeAndRestore(t *testing.T) {
 func TestApplyShapeWithoutHPA(t *testing.T) {
 	ctx := context.Background()
 	objs := baseObjects()
-	kc := fake.NewClientset(objs[0], objs[1], objs[3])
+	kc := fake.NewClientset(objs[0], objs[1], objs[3], objs[4])
 	c := &Cluster{Kube: kc, Clock: clocktesting.NewFakePassiveClock(t0)}
 	s, err := c.Save(ctx)
 	if err != nil || s.HPAMin != nil {

@@ -71,6 +71,13 @@ func TestUpstreamSuites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	qpCPU := os.Getenv("THAW_UPSTREAM_QP_CPU")
+	if qpCPU == "" {
+		qpCPU = "1m"
+	}
+	if err := cl.SetQueueCPURequest(ctx, qpCPU); err != nil {
+		t.Fatal(err)
+	}
 	before, err := swap.Current(ctx, env.client.Kube)
 	if err != nil {
 		t.Fatal(err)
