@@ -28,7 +28,7 @@ func replayCmd(ctx context.Context, args []string) error {
 		fs.PrintDefaults()
 	}
 	simulate := fs.Bool("simulate", false, "simulate on a fake clock (required: the cluster replay is not built yet)")
-	policies := fs.String("policies", replay.DefaultPolicies, "comma-separated policies: upstream, fixed-<duration> (retention period), learned")
+	policies := fs.String("policies", replay.DefaultPolicies, "comma-separated policies: upstream, fixed-<duration> (retention period), hybrid (the paper's), learned (Thaw's)")
 	from := fs.Duration("from", 0, "start of the window, from the trace's start")
 	to := fs.Duration("to", 0, "end of the window (0: the trace's end)")
 	cold := fs.Duration("cold-start", time.Second, "time from scale-up to a ready pod (lab: 0.8-1.1 s p50 for a small app)")
@@ -39,6 +39,8 @@ func replayCmd(ctx context.Context, args []string) error {
 	workers := fs.Int("workers", 0, "functions simulated in parallel (0: one per CPU)")
 	out := fs.String("out", "", "directory for replay.csv, summary.csv, replay.json, pareto.svg, pareto.png (default $THAW_CACHE/replay/<time>)")
 	ka := keepalive.DefaultConfig()
+	fs.DurationVar(&ka.ColdStartCost, "learned-cost", ka.ColdStartCost, "learned: idle pod time one avoided cold start is worth (0: the paper's percentiles)")
+	fs.Float64Var(&ka.ColdStartShare, "learned-share", ka.ColdStartShare, "learned: share of the mean idle time added to a cold start's cost")
 	fs.DurationVar(&ka.Fallback.KeepAlive, "learned-fallback", ka.Fallback.KeepAlive, "learned: keep-alive while the histogram is not representative")
 	fs.IntVar(&ka.MinSamples, "learned-min-samples", ka.MinSamples, "learned: fewest idle times the histogram is trusted with")
 	fs.Float64Var(&ka.CVThreshold, "learned-cv", ka.CVThreshold, "learned: least coefficient of variation of the bins to trust the histogram")

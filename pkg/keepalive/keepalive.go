@@ -53,15 +53,46 @@ type Config struct {
 	OOBThreshold, OOBMargin float64
 	// Fallback is used while the histogram is not representative.
 	Fallback Windows
+	// ColdStartCost, when > 0, chooses the windows by cost instead of by
+	// the head and tail percentiles: the pre-warm and keep-alive that, over
+	// the idle times seen, minimise the pod time kept idle plus
+	// ColdStartCost for each idle time that would have ended in a cold
+	// start. It is the idle pod time one avoided cold start is worth.
+	ColdStartCost time.Duration
+	// ColdStartShare adds to the cost of a cold start this share of the
+	// revision's mean time between requests (see Arrivals). The yardstick
+	// is each revision's share of cold requests: a cold start weighs more
+	// where requests are rare.
+	ColdStartShare float64
+	// MinHold is how long a pod stays after the revision goes idle whatever
+	// the policy says (the stable window and grace period before scale to
+	// zero); the cost objective counts idle times within it as warm.
+	MinHold time.Duration
 	// HalveAt bounds the counts: when the idle times recorded reach it,
 	// every count is halved, so that old behaviour fades and counters never
 	// overflow. 0 means 1<<30.
 	HalveAt uint32
 }
 
-// DefaultConfig is the paper's policy. Its fallback, a fixed keep-alive of
-// 10 minutes, stands in for the paper's "standard keep-alive".
+// DefaultConfig is Thaw's policy: the paper's histogram and fallback,
+// with the windows chosen by cost (see leastCost), a cold start weighing
+// four mean times between the revision's requests, and no margin (the cost search
+// already puts the window's edges on bin edges, the safe side of each bin).
+// These settings were chosen on the Azure Functions 2019 sample with
+// `thaw replay --simulate` (see its README section).
 func DefaultConfig() Config {
+	c := PaperConfig()
+	c.ColdStartShare = DefaultColdStartShare
+	c.Margin = 0
+	return c
+}
+
+// DefaultColdStartShare is the default ColdStartShare.
+const DefaultColdStartShare = 4
+
+// PaperConfig is the paper's hybrid histogram policy. Its fallback, a fixed
+// keep-alive of 10 minutes, stands in for the paper's "standard keep-alive".
+func PaperConfig() Config {
 	return Config{
 		BinWidth:     time.Minute,
 		Range:        4 * time.Hour,
@@ -92,6 +123,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("keepalive: out-of-bounds threshold %v: want (0, 1]", c.OOBThreshold)
 	case c.MinSamples < 1 || c.CVThreshold < 0:
 		return fmt.Errorf("keepalive: min samples %d, CV threshold %v", c.MinSamples, c.CVThreshold)
+	case c.ColdStartCost < 0 || c.MinHold < 0 || c.ColdStartShare < 0:
+		return fmt.Errorf("keepalive: cold-start cost %v, min hold %v: want ≥ 0", c.ColdStartCost, c.MinHold)
 	case c.Fallback.PreWarm < 0 || c.Fallback.KeepAlive < 0:
 		return fmt.Errorf("keepalive: negative fallback %+v", c.Fallback)
 	}
@@ -115,6 +148,8 @@ const (
 	ModeHistogram
 	// ModeForecast: most idle times are out of bounds; forecast.
 	ModeForecast
+	// ModeCost: the windows of least cost over the histogram.
+	ModeCost
 )
 
 func (m Mode) String() string {
@@ -123,6 +158,8 @@ func (m Mode) String() string {
 		return "histogram"
 	case ModeForecast:
 		return "forecast"
+	case ModeCost:
+		return "cost"
 	default:
 		return "fallback"
 	}
@@ -158,6 +195,10 @@ type Policy struct {
 
 	busy      bool
 	idleSince time.Time // zero: unknown (no request seen yet)
+	// first is when the first request came (zero: none yet); with the
+	// requests counted since, it gives how often the revision is used.
+	first    time.Time
+	requests uint64
 
 	win   Windows
 	dirty bool
@@ -181,10 +222,24 @@ func (p *Policy) Busy() {
 		return
 	}
 	p.busy = true
+	if p.first.IsZero() {
+		p.first = p.clk.Now()
+	}
 	if p.idleSince.IsZero() {
 		return
 	}
 	p.record(p.clk.Since(p.idleSince))
+}
+
+// Arrivals notes n requests arriving now: the revision is busy (see Busy),
+// and the requests count towards its rate of use. Without Arrivals, each
+// busy period counts as one request.
+func (p *Policy) Arrivals(n uint64) {
+	if n == 0 {
+		return
+	}
+	p.Busy()
+	p.requests += n
 }
 
 // Idle notes that the revision has no request in flight from now on. Calls
@@ -262,6 +317,9 @@ func (p *Policy) compute() Windows {
 		pre := time.Duration(float64(pred) * (1 - p.cfg.OOBMargin))
 		return Windows{Mode: ModeForecast, PreWarm: pre, KeepAlive: time.Duration(float64(pred) * 2 * p.cfg.OOBMargin)}
 	}
+	if (p.cfg.ColdStartCost > 0 || p.cfg.ColdStartShare > 0) && int(p.n) >= p.cfg.MinSamples {
+		return p.leastCost()
+	}
 	if int(p.n) < p.cfg.MinSamples || p.cv() < p.cfg.CVThreshold {
 		w := p.cfg.Fallback
 		w.Mode = ModeFallback
@@ -334,4 +392,75 @@ func (p *Policy) Plan() Plan {
 	default:
 		return Plan{Pod: false, Windows: w}
 	}
+}
+
+// leastCost searches every window [P, E) on bin edges (P = 0 or a bin's
+// start, E a later bin's end) for the least cost over the recorded idle
+// times x. The pod is there anyway for the hold H after the revision goes
+// idle; the window adds pod time from max(P, H) to min(x, E):
+//
+//	extra(x) = max(0, min(x, E) − max(P, H))   pod time the window adds
+//	cold(x)  = H < x < P, or x ≥ E > H         no pod when the request came
+//	cost     = Σ extra(x) + ColdStartCost × Σ cold(x)
+//
+// Keeping nothing beyond the hold is a candidate too. An in-range idle time
+// counts at its bin's middle; an out-of-bounds one as longer than any E.
+// With prefix sums each window costs O(1), so a search is O(bins²), about
+// 30k steps for 240 bins.
+func (p *Policy) leastCost() Windows {
+	nb := len(p.bins)
+	bw := p.cfg.BinWidth.Seconds()
+	hold := p.cfg.MinHold.Seconds()
+	c := p.cfg.ColdStartCost.Seconds()
+	// cnt[i], sum[i]: count and Σ x of the bins before i.
+	cnt := make([]float64, nb+1)
+	sum := make([]float64, nb+1)
+	for i, b := range p.bins {
+		x := (float64(i) + 0.5) * bw
+		cnt[i+1] = cnt[i] + float64(b)
+		sum[i+1] = sum[i] + float64(b)*x
+	}
+	total := cnt[nb] + float64(p.oob)
+	if p.cfg.ColdStartShare > 0 && !p.first.IsZero() && !p.idleSince.IsZero() {
+		uses := float64(p.requests)
+		if uses == 0 {
+			uses = total
+		}
+		c += p.cfg.ColdStartShare * p.idleSince.Sub(p.first).Seconds() / uses
+	}
+	// h is the bin that holds the end of the hold: its idle times may
+	// outlast the hold, so from it on they are cold unless a window keeps
+	// a pod.
+	h := min(int(hold/bw), nb)
+	// Keeping nothing: every idle time past the hold is cold.
+	bestCost, bestP, bestE := c*(total-cnt[h]), 0, 0
+	for pi := 0; pi < nb; pi++ {
+		P := float64(pi) * bw
+		from := max(P, hold) // the window's pod time starts here
+		s := max(pi, h)      // first bin whose idle times reach into it
+		coldBefore := 0.
+		if pi > h {
+			coldBefore = cnt[pi] - cnt[h]
+		}
+		for ei := max(pi, h) + 1; ei <= nb; ei++ {
+			E := float64(ei) * bw
+			if E <= from {
+				continue
+			}
+			in := cnt[ei] - cnt[s]
+			extra := (sum[ei] - sum[s]) - in*from
+			after := total - cnt[ei] // past E, out of bounds included
+			extra += after * (E - from)
+			cost := extra + c*(coldBefore+after)
+			if cost < bestCost {
+				bestCost, bestP, bestE = cost, pi, ei
+			}
+		}
+	}
+	if bestE == 0 {
+		return Windows{Mode: ModeCost}
+	}
+	pre := time.Duration(float64(bestP) * bw * (1 - p.cfg.Margin) * float64(time.Second))
+	end := time.Duration(float64(bestE) * bw * (1 + p.cfg.Margin) * float64(time.Second))
+	return Windows{Mode: ModeCost, PreWarm: pre, KeepAlive: end - pre}
 }

@@ -87,7 +87,7 @@ func TestWindows(t *testing.T) {
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p, clk := newPolicy(t, DefaultConfig())
+			p, clk := newPolicy(t, PaperConfig())
 			if len(tc.idles) > 0 {
 				feed(p, clk, time.Second, tc.idles...)
 			}
@@ -108,7 +108,7 @@ func absDiff(a, b time.Duration) time.Duration {
 }
 
 func TestBusyIdleIdempotent(t *testing.T) {
-	p, clk := newPolicy(t, DefaultConfig())
+	p, clk := newPolicy(t, PaperConfig())
 	p.Idle() // before any request: nothing
 	p.Busy()
 	clk.Step(time.Minute)
@@ -127,7 +127,7 @@ func TestBusyIdleIdempotent(t *testing.T) {
 }
 
 func TestPlan(t *testing.T) {
-	p, clk := newPolicy(t, DefaultConfig())
+	p, clk := newPolicy(t, PaperConfig())
 	if pl := p.Plan(); pl.Pod || !pl.Next.IsZero() {
 		t.Errorf("before any request: %+v, want no pod", pl)
 	}
@@ -164,7 +164,7 @@ func TestPlan(t *testing.T) {
 }
 
 func TestSnapshotRestore(t *testing.T) {
-	p, clk := newPolicy(t, DefaultConfig())
+	p, clk := newPolicy(t, PaperConfig())
 	feed(p, clk, time.Second, append(repeat(3*time.Minute, 12), 5*time.Hour, 2*time.Minute)...)
 	s := p.Snapshot()
 	b, err := json.Marshal(s)
@@ -178,7 +178,7 @@ func TestSnapshotRestore(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	q, _ := newPolicy(t, DefaultConfig())
+	q, _ := newPolicy(t, PaperConfig())
 	if err := q.Restore(back); err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestSnapshotRestore(t *testing.T) {
 }
 
 func TestHalving(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := PaperConfig()
 	cfg.HalveAt = 10
 	p, clk := newPolicy(t, cfg)
 	feed(p, clk, time.Second, repeat(2*time.Minute, 9)...)
@@ -251,7 +251,7 @@ func TestValidate(t *testing.T) {
 		{"fallback", func(c *Config) { c.Fallback.KeepAlive = -1 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := DefaultConfig()
+			cfg := PaperConfig()
 			tc.mod(&cfg)
 			if _, err := New(cfg, clocktesting.NewFakeClock(t0)); err == nil {
 				t.Error("no error")

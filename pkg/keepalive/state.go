@@ -25,11 +25,16 @@ type State struct {
 	Busy     bool    `json:"busy,omitempty"`
 	// IdleSinceUnixMs is when the revision went idle (0: unknown).
 	IdleSinceUnixMs int64 `json:"idleSinceUnixMs,omitempty"`
+	// FirstUnixMs is when its first request came (0: none yet).
+	FirstUnixMs int64 `json:"firstUnixMs,omitempty"`
+	// Requests counts the requests since then.
+	Requests uint64 `json:"requests,omitempty"`
 }
 
 // Snapshot returns the policy's state.
 func (p *Policy) Snapshot() State {
-	s := State{Version: stateVersion, BinSeconds: int64(p.cfg.BinWidth / time.Second), OOB: p.oob, Busy: p.busy}
+	s := State{Version: stateVersion, BinSeconds: int64(p.cfg.BinWidth / time.Second), OOB: p.oob, Busy: p.busy,
+		Requests: p.requests}
 	for i, c := range p.bins {
 		if c > 0 {
 			s.Counts = append(s.Counts, [2]uint32{uint32(i), c})
@@ -40,6 +45,9 @@ func (p *Policy) Snapshot() State {
 	}
 	if !p.idleSince.IsZero() {
 		s.IdleSinceUnixMs = p.idleSince.UnixMilli()
+	}
+	if !p.first.IsZero() {
+		s.FirstUnixMs = p.first.UnixMilli()
 	}
 	return s
 }
@@ -83,6 +91,11 @@ func (p *Policy) Restore(s State) error {
 	p.idleSince = time.Time{}
 	if s.IdleSinceUnixMs != 0 {
 		p.idleSince = time.UnixMilli(s.IdleSinceUnixMs)
+	}
+	p.requests = s.Requests
+	p.first = time.Time{}
+	if s.FirstUnixMs != 0 {
+		p.first = time.UnixMilli(s.FirstUnixMs)
 	}
 	p.dirty = true
 	return nil

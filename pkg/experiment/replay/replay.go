@@ -23,10 +23,11 @@ import (
 )
 
 // DefaultPolicies are the baselines and Thaw's policy.
-const DefaultPolicies = "upstream,fixed-1m,fixed-5m,fixed-10m,fixed-20m,learned"
+const DefaultPolicies = "upstream,fixed-1m,fixed-5m,fixed-10m,fixed-20m,hybrid,learned"
 
 // ParsePolicies reads a comma-separated list: upstream, fixed-<duration>
-// (a retention period) and learned (with cfg).
+// (a retention period), hybrid (the paper's policy, keepalive.PaperConfig)
+// and learned (Thaw's, cfg).
 func ParsePolicies(s string, cfg keepalive.Config) ([]sim.Policy, error) {
 	var out []sim.Policy
 	seen := map[string]bool{}
@@ -40,7 +41,9 @@ func ParsePolicies(s string, cfg keepalive.Config) ([]sim.Policy, error) {
 			if err := cfg.Validate(); err != nil {
 				return nil, err
 			}
-			p = sim.Learned(cfg)
+			p = sim.Learned(name, cfg)
+		case name == "hybrid":
+			p = sim.Learned(name, keepalive.PaperConfig())
 		case strings.HasPrefix(name, "fixed-"):
 			d, err := time.ParseDuration(strings.TrimPrefix(name, "fixed-"))
 			if err != nil || d <= 0 {
@@ -48,7 +51,7 @@ func ParsePolicies(s string, cfg keepalive.Config) ([]sim.Policy, error) {
 			}
 			p = sim.Fixed(d)
 		default:
-			return nil, fmt.Errorf("policy %q: want upstream, fixed-<duration> or learned", name)
+			return nil, fmt.Errorf("policy %q: want upstream, fixed-<duration>, hybrid or learned", name)
 		}
 		if seen[p.Name] {
 			return nil, fmt.Errorf("policy %q twice", p.Name)

@@ -23,46 +23,55 @@ const (
 	PNG Format = "png"
 )
 
-// WritePareto draws each policy as a point: idle memory (GB-s) across,
-// the 75th percentile of per-function cold-start % up. Lower left is
-// better on both axes.
+// palette colours the policies in turn.
+var palette = []color.Color{
+	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff},
+	color.RGBA{R: 0xe3, G: 0x77, B: 0xc2, A: 0xff},
+	color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff},
+}
+
+var shapes = []draw.GlyphDrawer{draw.CircleGlyph{}, draw.SquareGlyph{}, draw.TriangleGlyph{}, draw.PyramidGlyph{}, draw.RingGlyph{}, draw.BoxGlyph{}, draw.CrossGlyph{}, draw.PlusGlyph{}}
+
+// WritePareto draws each policy as a point: idle memory across, the 75th
+// percentile of per-function cold-start % up. Lower left is better on both
+// axes; each policy has its own colour and shape, named in the legend.
 func WritePareto(w io.Writer, sums []Summary, f Format) error {
 	p := plot.New()
 	p.Title.Text = "Cold starts against idle memory, per policy"
-	p.X.Label.Text = "idle memory (GB·s, pod time not serving × function memory)"
+	p.X.Label.Text = "idle memory, 10³ GB·s (pod time not serving × function memory)"
 	p.Y.Label.Text = "per-function cold-start %, 75th percentile"
 	p.X.Min, p.Y.Min = 0, 0 // ratios read honestly only from zero
-	pts := make(plotter.XYs, 0, len(sums))
-	labels := make([]string, 0, len(sums))
+	p.Legend.Top = true
+	p.Legend.Left = true
 	var maxX, maxY float64
-	for _, s := range sums {
+	n := 0
+	for i, s := range sums {
 		if math.IsNaN(s.ColdPctP75) {
 			continue
 		}
-		pts = append(pts, plotter.XY{X: s.IdleMemoryGBs, Y: s.ColdPctP75})
-		labels = append(labels, s.Policy)
-		maxX, maxY = max(maxX, s.IdleMemoryGBs), max(maxY, s.ColdPctP75)
+		x := s.IdleMemoryGBs / 1000
+		sc, err := plotter.NewScatter(plotter.XYs{{X: x, Y: s.ColdPctP75}})
+		if err != nil {
+			return err
+		}
+		sc.GlyphStyle.Shape = shapes[i%len(shapes)]
+		sc.GlyphStyle.Radius = vg.Points(5)
+		sc.GlyphStyle.Color = palette[i%len(palette)]
+		p.Add(sc)
+		p.Legend.Add(fmt.Sprintf("%s (%.1f%%, %.0f)", s.Policy, s.ColdPctP75, x), sc)
+		maxX, maxY = max(maxX, x), max(maxY, s.ColdPctP75)
+		n++
 	}
-	if len(pts) == 0 {
+	if n == 0 {
 		return fmt.Errorf("no policy with requests to plot")
 	}
-	p.X.Max, p.Y.Max = maxX*1.15+1, maxY*1.1+1
-	sc, err := plotter.NewScatter(pts)
-	if err != nil {
-		return err
-	}
-	sc.GlyphStyle.Shape = draw.CircleGlyph{}
-	sc.GlyphStyle.Radius = vg.Points(4)
-	sc.GlyphStyle.Color = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}
-	lb, err := plotter.NewLabels(plotter.XYLabels{XYs: pts, Labels: labels})
-	if err != nil {
-		return err
-	}
-	for i := range lb.TextStyle {
-		lb.TextStyle[i].XAlign = draw.XLeft
-	}
-	lb.Offset = vg.Point{X: vg.Points(6), Y: vg.Points(2)}
-	p.Add(plotter.NewGrid(), sc, lb)
+	p.X.Max, p.Y.Max = maxX*1.1+1, maxY*1.1+1
+	p.Add(plotter.NewGrid())
 
 	wd, ht := 8*vg.Inch, 5*vg.Inch
 	var (
@@ -80,6 +89,6 @@ func WritePareto(w io.Writer, sums []Summary, f Format) error {
 		return fmt.Errorf("unknown plot format %q", f)
 	}
 	p.Draw(canvas)
-	_, err = out.WriteTo(w)
+	_, err := out.WriteTo(w)
 	return err
 }

@@ -49,9 +49,9 @@ func Fixed(d time.Duration) Policy {
 	return Policy{Name: "fixed-" + shortDur(d), Grace: 30 * time.Second, Retention: d}
 }
 
-// Learned is Thaw's keep-alive policy with cfg.
-func Learned(cfg keepalive.Config) Policy {
-	return Policy{Name: "learned", Grace: 30 * time.Second, Learned: &cfg}
+// Learned is Thaw's keep-alive policy with cfg, under name.
+func Learned(name string, cfg keepalive.Config) Policy {
+	return Policy{Name: name, Grace: 30 * time.Second, Learned: &cfg}
 }
 
 func shortDur(d time.Duration) string {
@@ -200,7 +200,12 @@ func Run(w Workload, pol Policy, m Model) (Result, error) {
 		sec:    -1,
 	}
 	if pol.Learned != nil {
-		ka, err := keepalive.New(*pol.Learned, r.clk)
+		kc := *pol.Learned
+		if kc.MinHold == 0 {
+			// The pod stays a stable window and the grace anyway.
+			kc.MinHold = cfg.StableWindow + pol.Grace
+		}
+		ka, err := keepalive.New(kc, r.clk)
 		if err != nil {
 			return Result{}, err
 		}
@@ -396,8 +401,8 @@ func (r *run) updateTicking() {
 func (r *run) tick() { r.decide() }
 
 func (r *run) arrive(q Request) {
-	if r.ka != nil && r.conc() == 0 {
-		r.ka.Busy()
+	if r.ka != nil {
+		r.ka.Arrivals(1)
 	}
 	r.res.Requests++
 	if r.ready > 0 {

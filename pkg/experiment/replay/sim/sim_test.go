@@ -77,7 +77,7 @@ func TestPeriodic(t *testing.T) {
 	// learned policy pre-warms once it has seen enough idle times.
 	w := periodic(0, 10*time.Minute, 200*time.Millisecond, 144, 24*time.Hour)
 	res := map[string]Result{}
-	for _, pol := range []Policy{Upstream(), Fixed(5 * time.Minute), Fixed(10 * time.Minute), Learned(keepalive.DefaultConfig())} {
+	for _, pol := range []Policy{Upstream(), Fixed(5 * time.Minute), Fixed(10 * time.Minute), Learned("learned", keepalive.PaperConfig())} {
 		r, err := Run(w, pol, model)
 		if err != nil {
 			t.Fatal(err)
