@@ -151,7 +151,7 @@ func New(d Deps) (*Reconciler, error) {
 		d.Prober = NewHTTPProber(nil)
 	}
 	if d.ClusterDomain == "" {
-		d.ClusterDomain = "cluster.local"
+		d.ClusterDomain = DefaultClusterDomain()
 	}
 	r := &Reconciler{
 		d:         d,

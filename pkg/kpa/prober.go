@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"knative.dev/networking/pkg/apis/networking"
+	"knative.dev/pkg/network"
 	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 )
 
@@ -78,6 +79,13 @@ func (p *HTTPProber) Probe(ctx context.Context, url string) (bool, error) {
 	}
 	return true, nil
 }
+
+// DefaultClusterDomain is the cluster's DNS domain found the way upstream's
+// components find it (knative.dev/pkg/network): CLUSTER_DOMAIN, else the
+// "svc.<domain>" search entry of /etc/resolv.conf, else cluster.local. A
+// cluster with another domain would otherwise never see a probe succeed, and
+// with TBC ≠ −1 its revisions would never reach zero.
+func DefaultClusterDomain() string { return network.GetClusterDomainName() }
 
 // probeURL is the public service of the PA: the activator's health path
 // on the port of the revision's protocol.
