@@ -143,6 +143,10 @@ func Simulate(ctx context.Context, o Options) (*Result, error) {
 	go func() {
 		defer close(jobs)
 		for i := 0; ; i++ {
+			if err := ctx.Err(); err != nil {
+				feedErr <- err
+				return
+			}
 			fn, err := src.Next()
 			if errors.Is(err, io.EOF) {
 				feedErr <- nil

@@ -77,7 +77,7 @@ func TestPeriodic(t *testing.T) {
 	// learned policy pre-warms once it has seen enough idle times.
 	w := periodic(0, 10*time.Minute, 200*time.Millisecond, 144, 24*time.Hour)
 	res := map[string]Result{}
-	for _, pol := range []Policy{Upstream(), Fixed(5 * time.Minute), Fixed(10 * time.Minute), Learned("learned", keepalive.PaperConfig())} {
+	for _, pol := range []Policy{Upstream(), Fixed(5 * time.Minute), Fixed(10 * time.Minute), Learned("learned", keepalive.PaperConfig()), Learned("cost", keepalive.DefaultConfig())} {
 		r, err := Run(w, pol, model)
 		if err != nil {
 			t.Fatal(err)
@@ -103,6 +103,11 @@ func TestPeriodic(t *testing.T) {
 	if l.IdlePodSeconds >= res["fixed-10m"].IdlePodSeconds/2 {
 		t.Errorf("learned idle %.0f pod-s, fixed-10m %.0f: want under half", l.IdlePodSeconds, res["fixed-10m"].IdlePodSeconds)
 	}
+	c := res["cost"]
+	if c.ColdRequests > 6 || c.PreWarms < 130 || c.FinalMode != "cost" || c.IdlePodSeconds >= l.IdlePodSeconds {
+		t.Errorf("cost %+v: want a few cold requests, pre-warms for the rest, less idle time than the paper's %.0f", c, l.IdlePodSeconds)
+	}
+	t.Logf("cost %+v", c)
 	t.Logf("upstream %+v", res["upstream"])
 	t.Logf("fixed-10m %+v", res["fixed-10m"])
 	t.Logf("learned %+v", l)
