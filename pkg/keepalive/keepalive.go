@@ -1,18 +1,27 @@
 // Package keepalive learns, per revision, how long to keep its last pod after
 // the revision goes idle, and when to bring a pod back before the next
-// request: the hybrid histogram policy of "Serverless in the Wild" (Shahrad
-// et al., USENIX ATC 2020).
+// request. It starts from the hybrid histogram policy of "Serverless in the
+// Wild" (Shahrad et al., USENIX ATC 2020).
 //
 // A Policy records the revision's idle times (from the end of its last
 // request to the arrival of the next) in a histogram of one-minute bins over
-// four hours. When the histogram is representative, the head of the
-// distribution (5th percentile, less a 10% margin) is the pre-warm window:
-// the revision may go without pods that long after it goes idle. The tail
-// (99th percentile, plus a 10% margin) is where the keep-alive ends. When it
-// is not (too few idle times, or counts spread so evenly over the bins that
-// their coefficient of variation is under 2), a fixed keep-alive applies.
-// When most idle times are beyond the histogram's range, the next idle time
-// is forecast from recent ones and a window of ±15% around it is kept.
+// four hours. In the paper's policy (PaperConfig), when the histogram is
+// representative, the head of the distribution (5th percentile, less a 10%
+// margin) is the pre-warm window: the revision may go without pods that long
+// after it goes idle. The tail (99th percentile, plus a 10% margin) is where
+// the keep-alive ends. When it is not (too few idle times, or counts spread
+// so evenly over the bins that their coefficient of variation is under 2), a
+// fixed keep-alive applies. When most idle times are beyond the histogram's
+// range, the next idle time is forecast from recent ones and a window of
+// ±15% around it is kept.
+//
+// Thaw's default (DefaultConfig) keeps the histogram, the fallback and the
+// forecast but picks the pre-warm and keep-alive windows by cost instead of
+// by percentiles: the window that, over the idle times seen, costs the least
+// idle pod time plus a price per cold start, the price growing with how rare
+// the revision's requests are. A 99th-percentile tail keeps a pod for hours
+// after a busy revision's rare long pauses; the cost search does not, and
+// spends that memory where a cold start is a large share of the requests.
 //
 // The state is small and fixed in size (one counter per bin and a few
 // recent idle times), so a revision costs about a kilobyte whatever its
