@@ -10,35 +10,39 @@
 // queue bounded by the number of revisions (one entry per revision).
 //
 // The capacity estimate is a window W (pods starting at once), kept by a
-// delay-based AIMD loop, in the family of TCP Vegas and LEDBAT:
+// delay-based AIMD loop in the family of TCP Vegas, with Westwood's
+// adaptive decrease:
 //
-//   - signal: each admitted wake-up's start latency (admission → its first
-//     pod ready) against the baseline B, the least latency seen over the
-//     last BaseWindow (the cluster's unloaded start time). A latency above
-//     Factor×B+Slack means the starts are slowing each other down.
-//   - decrease, adaptive as TCP Westwood's: on such a latency the window
-//     drops to what the cluster delivers, Gain × rate × B, where the rate
-//     is the wake-up's own Little's-law estimate (the mean starting count
-//     over its life divided by its latency); W×Beta if that is no lower.
-//     At most once per round: only a wake-up admitted after the last cut
-//     may cut again, as TCP cuts once per round trip;
-//   - additive increase: W ← W + 1/W on a latency under the target while
-//     wake-ups wait (one pod per round, as TCP's congestion avoidance);
+//   - signal: each admitted wake-up's start latency L (admission → its
+//     first pod ready) and the mean starting count n over its life. By
+//     Little's law n/L is the rate the cluster delivered; with the baseline
+//     B, the least latency seen over the last BaseWindow (the unloaded start
+//     time), n×B/L pods were really being started and the other
+//     n×(1−B/L) were waiting for the node: the excess.
+//   - decrease: an excess above Queue means start latency grows with the
+//     starting count (saturation); the window drops to what the cluster
+//     delivers plus the allowance, n×B/L + Queue (Westwood sets its window
+//     to bandwidth × minimum RTT the same way, rather than halving). At most
+//     once per round: only a wake-up admitted after the last cut may cut
+//     again, as TCP cuts once per round trip.
+//   - additive increase: W ← W + 1 for each start without such an excess
+//     while wake-ups wait;
 //   - while nothing waits, W regrows toward Initial by Recover pods a
 //     second: an estimate nobody exercises goes stale, and with no queue a
 //     large window costs nothing.
 //
 // Why delay-based: an oversubscribed node fails nothing, it only starts
-// pods later, so latency is the one signal there is. Why an adaptive
-// decrease rather than halving: the first round of a burst is as large as
-// the initial window, and under processor sharing its starts all end
-// together and late; halving from there takes several slow rounds to reach
-// a useful window, while rate × unloaded latency is the window that keeps
-// the node busy (its bandwidth-delay product) and Gain covers the delay
-// between a pod ready and the next one existing. Why AIMD at all rather
-// than only the rate model: it needs no model to be right. A node that
-// starts pods in parallel without slowing down never shows a latency over
-// the target, so it is never paced.
+// pods later, so latency is the one signal there is. Why an excess count
+// rather than a latency threshold (latency above k×B): on a node slowed by
+// other work, the baseline from a quiet moment is out of reach at any
+// window, and a threshold then cuts round after round down to the minimum,
+// where the node idles between starts. The excess shrinks with the window
+// (n×(1−B/L)), so the loop settles at Queue/(1−B/L) pods, enough to keep
+// such a node busy. Why the rate-based decrease: the first round of a
+// burst is the whole initial window, and under processor sharing its
+// starts all end together and late; halving from there takes several slow
+// rounds to reach a useful window. A node that starts pods in parallel
+// without slowing down shows no excess, so it is never paced.
 //
 // Initial is high (30) so that bursts the lab handles well (1, 5 or 25 cold
 // starts at once) are never delayed: only a burst larger than the window,
@@ -69,12 +73,9 @@ type Key = types.NamespacedName
 type Options struct {
 	// Initial is the window a burst starts with, and Min and Max bound it.
 	Initial, Min, Max float64
-	// A start latency above Factor×baseline+Slack is congestion.
-	Factor float64
-	Slack  time.Duration
-	// Gain multiplies the rate × baseline window set on congestion; Beta
-	// is the decrease when that is no lower than the window.
-	Gain, Beta float64
+	// Queue is how many pods may wait for the node beyond those it is
+	// starting (the excess allowed before the window is cut).
+	Queue float64
 	// Recover is how many pods a second the window regrows toward Initial
 	// while nothing waits.
 	Recover float64
@@ -90,10 +91,7 @@ const (
 	DefaultInitial    = 30
 	DefaultMin        = 2
 	DefaultMax        = 10000
-	DefaultFactor     = 2
-	DefaultSlack      = time.Second
-	DefaultGain       = 2
-	DefaultBeta       = 0.5
+	DefaultQueue      = 8
 	DefaultRecover    = 2
 	DefaultStartTTL   = 2 * time.Minute
 	DefaultBaseWindow = 10 * time.Minute
@@ -108,15 +106,8 @@ func (o *Options) defaults() {
 	set(&o.Initial, DefaultInitial)
 	set(&o.Min, DefaultMin)
 	set(&o.Max, DefaultMax)
-	set(&o.Factor, DefaultFactor)
+	set(&o.Queue, DefaultQueue)
 	set(&o.Recover, DefaultRecover)
-	set(&o.Gain, DefaultGain)
-	if o.Beta <= 0 || o.Beta >= 1 {
-		o.Beta = DefaultBeta
-	}
-	if o.Slack <= 0 {
-		o.Slack = DefaultSlack
-	}
 	if o.StartTTL <= 0 {
 		o.StartTTL = DefaultStartTTL
 	}
@@ -413,23 +404,17 @@ func (p *Pacer) observe(now time.Time, g *grant, lat time.Duration) {
 	if base == 0 {
 		return // the first sample only sets the baseline
 	}
-	target := time.Duration(p.o.Factor*float64(base)) + p.o.Slack
+	// Little's law on this start: the mean starting count over its life.
+	mean := (p.area - g.area) / lat.Seconds()
+	busy := mean * base.Seconds() / lat.Seconds()
 	switch {
-	case lat > target:
-		if !g.admitted.After(p.lastCut) {
-			return
+	case mean-busy > p.o.Queue:
+		if g.admitted.After(p.lastCut) {
+			p.window = max(p.o.Min, min(p.window, busy+p.o.Queue))
+			p.lastCut = now
 		}
-		// Little's law on this start: the mean starting count over its
-		// life, over its latency, is the rate the cluster delivered.
-		mean := (p.area - g.area) / lat.Seconds()
-		w := p.o.Gain * mean / lat.Seconds() * base.Seconds()
-		if w >= p.window {
-			w = p.window * p.o.Beta
-		}
-		p.window = max(p.o.Min, w)
-		p.lastCut = now
 	case len(p.queue) > 0:
-		p.window = min(p.o.Max, p.window+1/p.window)
+		p.window = min(p.o.Max, p.window+1)
 	}
 }
 

@@ -170,18 +170,31 @@ func TestWindowCutOncePerRoundAndRegrows(t *testing.T) {
 	}
 }
 
-// A start within the target never shrinks the window, whatever the count.
-func TestFastStartsNeverCut(t *testing.T) {
-	p := New(Options{Initial: 30})
-	p.Offer(t0, k(0), t0, 1)
-	p.Pod(t0.Add(2*time.Second), k(0), "p", t0, PodReady)
-	at := t0.Add(time.Minute)
-	fill(p, at, 25)
-	for i := range 25 {
-		p.Pod(at.Add(4*time.Second), k(i), "p", at, PodReady)
-	}
-	if w := p.Stats(at).Window; w != 30 {
-		t.Fatalf("window %.1f, want 30", w)
+// Starts that do not slow down with the starting count (an unsaturated
+// cluster) never shrink the window, whatever the count; starts that do, do.
+func TestOnlySaturationCuts(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		lat  time.Duration // of each of 25 at once; alone: 2 s
+		cut  bool
+	}{
+		{"as fast as alone", 2 * time.Second, false},
+		{"slower within the queue allowance", 2200 * time.Millisecond, false},
+		{"twice as slow", 4 * time.Second, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := New(Options{Initial: 30, Queue: 4})
+			p.Offer(t0, k(0), t0, 1)
+			p.Pod(t0.Add(2*time.Second), k(0), "p", t0, PodReady)
+			at := t0.Add(time.Minute)
+			fill(p, at, 25)
+			for i := range 25 {
+				p.Pod(at.Add(c.lat), k(i), "p", at, PodReady)
+			}
+			if w := p.Stats(at).Window; (w < 30) != c.cut {
+				t.Fatalf("window %.1f, want cut: %v", w, c.cut)
+			}
+		})
 	}
 }
 
