@@ -15,8 +15,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/thaw-dev/thaw/pkg/bucket"
@@ -65,6 +63,33 @@ func (r *replica) stop(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Error("replica did not stop")
 	}
+}
+
+// stream sends 250 concurrent requests for rev on conn once a second, as an activator reports (the
+// stats of one second add up), until the returned stop is called; sends counts what was sent.
+func stream(t *testing.T, conn *websocket.Conn) (stop func(), sends *atomic.Int64) {
+	sends = &atomic.Int64{}
+	done, finished := make(chan struct{}), make(chan struct{})
+	frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev,
+		Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: 250, RequestCount: 250}}})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+				t.Error(err)
+				return
+			}
+			sends.Add(1)
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }, sends
 }
 
 // freePort finds a port free on both loopback addresses.
@@ -131,13 +156,6 @@ func TestStatReachesTheHolderAndHandsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	send := func(c float64) {
-		frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev,
-			Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: c, RequestCount: c}}})
-		if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-			t.Fatal(err)
-		}
-	}
 	desired := func() int32 {
 		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
 		if err != nil || pa.Status.DesiredScale == nil {
@@ -145,11 +163,14 @@ func TestStatReachesTheHolderAndHandsOver(t *testing.T) {
 		}
 		return *pa.Status.DesiredScale
 	}
-	// 250 concurrent against the default target 100 at 70%: 4 pods, decided by a from b's stat.
-	eventually(t, "desiredScale 4 from a stat sent to the replica without the bucket", func() bool {
-		send(250)
-		return desired() == 4
-	})
+	// 250 concurrent against the default target 100 at 70%: 4 pods, decided by a from b's stats.
+	stop, sends := stream(t, conn)
+	eventually(t, "desiredScale 4 from stats sent to the replica without the bucket", func() bool { return desired() == 4 })
+	// A few more seconds of stats, so that b's window holds some whatever the moment its collection
+	// appeared (a stat that arrives first is dropped as of an unknown revision).
+	n := sends.Load()
+	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
+	stop()
 
 	// a goes (gracefully: it releases the Lease); b takes the bucket and, with the stats it recorded,
 	// keeps wanting 4 without any new stat.
@@ -186,15 +207,14 @@ func TestHandOverAfterKillIsWarm(t *testing.T) {
 	h.stop(t)
 	port := freePort(t, ipA, ipB)
 	idA := bucket.Identity("autoscaler-a", ipA)
-	// The reactor is in place before anything runs (adding one later races with the fake's readers).
 	var dead atomic.Bool
-	h.kube.PrependReactor("update", "leases", func(act k8stesting.Action) (bool, runtime.Object, error) {
-		l := act.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+	deadHolder := func(l *coordinationv1.Lease) error {
 		if dead.Load() && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == idA) {
-			return true, nil, errors.New("the holder is dead")
+			return errors.New("the holder is dead")
 		}
-		return false, nil, nil
-	})
+		return nil
+	}
+	h.leaseUpdate.Store(&deadHolder)
 	a := h.startReplica(t, "autoscaler-a", ipA, port)
 	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == idA })
 	b := h.startReplica(t, "autoscaler-b", ipB, port)
@@ -223,14 +243,11 @@ func TestHandOverAfterKillIsWarm(t *testing.T) {
 		}
 		return *pa.Status.DesiredScale
 	}
-	eventually(t, "a decides 4", func() bool {
-		frame := wire.MarshalMessages([]wire.StatMessage{{Key: rev,
-			Stat: wire.Stat{PodName: "activator-x", AverageConcurrentRequests: 250, RequestCount: 250}}})
-		if err := conn.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-			t.Fatal(err)
-		}
-		return desired() == 4
-	})
+	stop, sends := stream(t, conn)
+	eventually(t, "a decides 4", func() bool { return desired() == 4 })
+	n := sends.Load()
+	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
+	stop()
 	conn.Close()
 
 	// a dies: its Lease release never reaches the API server, so the Lease stays a's until it expires.

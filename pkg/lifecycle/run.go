@@ -206,7 +206,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	// Peers live as long as the process; stopped after the stat server.
 	fwdCtx, stopFwd := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFwd()
-	a.fwd = statforward.New(fwdCtx, statforward.Options{SelfIP: cfg.PodIP, Port: cfg.StatPort,
+	a.fwd = statforward.New(fwdCtx, statforward.Options{SelfIP: cfg.PodIP, BindSelf: true, Port: cfg.StatPort,
 		OwnerIP: a.ownerIP, Clock: a.clock, Logger: logger.Named("forward")})
 	defer a.fwd.Close()
 	reg.MustRegister(a.fwd)
@@ -237,7 +237,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	stats := make(chan wire.StatMessage, statsQueue)
 	peerStats := make(chan wire.StatMessage, statsQueue)
 	ss := statserver.New(cfg.StatsAddr, stats, statserver.Options{Registerer: reg, OwnsBucket: a.el.OwnsBucket,
-		PeerSubprotocol: statforward.Subprotocol, PeerOut: peerStats}, a.clock, logger)
+		PeerSubprotocol: statforward.Subprotocol, PeerOut: peerStats, PeerAllowed: a.fwd.IsPeer}, a.clock, logger)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/coldstarts", a.cold.Ring())

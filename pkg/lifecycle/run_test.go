@@ -70,9 +70,12 @@ type harness struct {
 	net     *fakenet.Clientset
 	scales  *scalePatches
 	dyn     *dynamicfake.FakeDynamicClient
-	addrs   [2]string // stat server, metrics
-	cancel  context.CancelFunc
-	done    chan error
+	// leaseUpdate, if set, may answer Lease updates (installed before Run: adding a reactor to a fake
+	// clientset in use races with its readers).
+	leaseUpdate atomic.Pointer[func(*coordinationv1.Lease) error]
+	addrs       [2]string // stat server, metrics
+	cancel      context.CancelFunc
+	done        chan error
 
 	stopOnce sync.Once
 	stopErr  error
@@ -127,6 +130,14 @@ func start(t *testing.T, le map[string]string) *harness {
 		cancel:  cancel,
 		done:    make(chan error, 1),
 	}
+	h.kube.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if f := h.leaseUpdate.Load(); f != nil {
+			if err := (*f)(a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)); err != nil {
+				return true, nil, err
+			}
+		}
+		return false, nil, nil
+	})
 	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme())
 	dyn.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		p := a.(k8stesting.PatchAction)
@@ -387,13 +398,13 @@ func TestLeaseLost(t *testing.T) {
 	// API server gives our stale renewals is injected until we lost.
 	var stolen atomic.Bool
 	stolen.Store(true)
-	h.kube.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		l := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+	conflict := func(l *coordinationv1.Lease) error {
 		if stolen.Load() && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == self {
-			return true, nil, apierrors.NewConflict(coordinationv1.Resource("leases"), l.Name, errors.New("stale"))
+			return apierrors.NewConflict(coordinationv1.Resource("leases"), l.Name, errors.New("stale"))
 		}
-		return false, nil, nil
-	})
+		return nil
+	}
+	h.leaseUpdate.Store(&conflict)
 	leases := h.kube.CoordinationV1().Leases(sysNS)
 	l, err := leases.Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
 	if err != nil {

@@ -71,6 +71,8 @@ type Options struct {
 	Queue int
 	// Dialer dials peers; nil is a gorilla dialer with upstream's establish timeout.
 	Dialer *websocket.Dialer
+	// BindSelf dials from SelfIP (the peer admits peers by source address); a pod has that IP.
+	BindSelf bool
 	Clock  clock.WithTicker
 	Logger *zap.SugaredLogger
 }
@@ -100,7 +102,12 @@ func New(ctx context.Context, opts Options) *Forwarder {
 		opts.Queue = DefaultQueue
 	}
 	if opts.Dialer == nil {
-		opts.Dialer = &websocket.Dialer{HandshakeTimeout: dialTimeout, Proxy: nil}
+		// Dial from this replica's own IP: the peer admits peers by source address.
+		nd := &net.Dialer{Timeout: dialTimeout}
+		if ip := net.ParseIP(opts.SelfIP); ip != nil && opts.BindSelf {
+			nd.LocalAddr = &net.TCPAddr{IP: ip}
+		}
+		opts.Dialer = &websocket.Dialer{HandshakeTimeout: dialTimeout, NetDialContext: nd.DialContext}
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
@@ -154,6 +161,14 @@ func (f *Forwarder) Peers() map[string]bool {
 		out[ip] = p.kind.Load() == kindThaw
 	}
 	return out
+}
+
+// IsPeer reports whether ip is one of the peers (for the stat server's check of who may send as one).
+func (f *Forwarder) IsPeer(ip string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.peers[ip]
+	return ok
 }
 
 // Forward hands a stat this replica took in (from an activator or an upstream forwarder) to every Thaw

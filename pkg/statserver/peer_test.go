@@ -59,3 +59,25 @@ func TestPeerSubprotocol(t *testing.T) {
 		})
 	}
 }
+
+// A connection asking to be a peer from an address that is not a replica is refused and counted; the
+// same address without the subprotocol (an activator) is served as always.
+func TestUnknownPeerRefused(t *testing.T) {
+	peer := make(chan wire.StatMessage, 4)
+	h := start(t, Options{PeerSubprotocol: "thaw-peer.v1", PeerOut: peer,
+		PeerAllowed: func(ip string) bool { return ip == "192.0.2.1" }}, 4)
+	d := websocket.Dialer{Subprotocols: []string{"thaw-peer.v1"}}
+	_, resp, err := d.Dial("ws://"+h.addr+"/", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("peer from 127.0.0.1: err %v, response %+v; want 403", err, resp)
+	}
+	if got := h.dropped(ReasonUnknownPeer); got != 1 {
+		t.Fatalf("unknown_peer drops = %v", got)
+	}
+	c := h.dial(t, "/", nil)
+	key := types.NamespacedName{Namespace: "ns", Name: "rev"}
+	send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Key: key, Stat: wire.Stat{AverageConcurrentRequests: 1}}}))
+	if m := h.next(t); m.Key != key {
+		t.Fatalf("activator stat: %+v", m)
+	}
+}

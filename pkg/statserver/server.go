@@ -23,8 +23,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -56,7 +58,14 @@ const (
 	ReasonText      = "text_frame"
 	ReasonNoStat    = "no_stat"
 	ReasonOversize  = "oversize_frame"
+	// ReasonUnknownPeer counts connections refused for asking to be a peer from an unknown address.
+	ReasonUnknownPeer = "unknown_peer"
 )
+
+// dropReasons lists every drop reason, for pre-created series.
+func dropReasons() []string {
+	return []string{ReasonMalformed, ReasonText, ReasonNoStat, ReasonOversize, ReasonUnknownPeer}
+}
 
 // Options tunes a Server. The zero value is upstream's behaviour plus a 1 MiB frame limit.
 type Options struct {
@@ -77,6 +86,10 @@ type Options struct {
 	// that dials an upstream replica learns from the missing subprotocol that it is not one of its own.
 	PeerSubprotocol string
 	PeerOut         chan<- wire.StatMessage
+	// PeerAllowed, if set, is asked for each connection that asks for the peer subprotocol, with the
+	// remote IP: a stranger claiming to be a peer is refused (403) and counted, so that only the
+	// replicas behind the autoscaler Service and the bucket holders feed the windows as peers.
+	PeerAllowed func(ip string) bool
 }
 
 // Server receives stats over websockets and sends them to a channel until Shutdown.
@@ -100,6 +113,8 @@ type Server struct {
 	// deadline and now+CloseGrace. Set once, before stopCtx is cancelled.
 	goodbyeBy time.Time
 	conns     sync.WaitGroup
+	// unknownPeers samples the log line of refused peers.
+	unknownPeers atomic.Uint64
 }
 
 type metrics struct {
@@ -124,7 +139,7 @@ func newMetrics(reg prometheus.Registerer, logger *zap.SugaredLogger) *metrics {
 		}),
 	}
 	// Pre-create each reason so dashboards see zeros, not absent series.
-	for _, r := range []string{ReasonMalformed, ReasonText, ReasonNoStat, ReasonOversize} {
+	for _, r := range dropReasons() {
 		m.dropped.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -236,6 +251,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !websocket.IsWebSocketUpgrade(r) {
 		http.Error(w, "stat server: expected a websocket upgrade (or a kubelet probe)", http.StatusUpgradeRequired)
 		return
+	}
+	if s.opts.PeerAllowed != nil && s.opts.PeerSubprotocol != "" && slices.Contains(websocket.Subprotocols(r), s.opts.PeerSubprotocol) {
+		if ip, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !s.opts.PeerAllowed(ip) {
+			s.m.dropped.WithLabelValues(ReasonUnknownPeer).Inc()
+			if n := s.unknownPeers.Add(1); n&(n-1) == 0 {
+				s.logger.Warnw("Refused a peer connection from an address that is not an autoscaler replica",
+					"remote", r.RemoteAddr, "refused", n)
+			}
+			http.Error(w, "stat server: not a known autoscaler peer", http.StatusForbidden)
+			return
+		}
 	}
 
 	s.mu.Lock()

@@ -369,8 +369,8 @@ func TestMetricsRegistered(t *testing.T) {
 			n += len(f.GetMetric())
 		}
 	}
-	if n != 6 { // 4 reasons + received + connections
-		t.Fatalf("%d series, want 6", n)
+	if want := len(dropReasons()) + 2; n != want { // every reason + received + connections
+		t.Fatalf("%d series, want %d", n, want)
 	}
 	if got := h.dropped(ReasonText); got != 1 {
 		t.Fatalf("dropped{text} = %v", got)
