@@ -29,6 +29,13 @@ func stat(key types.NamespacedName, c float64) wire.StatMessage {
 	return wire.StatMessage{Key: key, Stat: wire.Stat{PodName: "activator-1", AverageConcurrentRequests: c, Timestamp: 1_800_000_000}}
 }
 
+// serve serves s on loopback until the test ends and returns its address.
+func serve(tb testing.TB, s *statserver.Server) string {
+	ts := httptest.NewServer(s.Handler())
+	tb.Cleanup(ts.Close)
+	return strings.TrimPrefix(ts.URL, "http://")
+}
+
 // thawPeer is a Thaw replica's stat server on loopback.
 func thawPeer(t *testing.T) (addr string, activator, peer chan wire.StatMessage) {
 	activator, peer = make(chan wire.StatMessage, 100), make(chan wire.StatMessage, 100)
