@@ -73,8 +73,8 @@ type Options struct {
 	Dialer *websocket.Dialer
 	// BindSelf dials from SelfIP (the peer admits peers by source address); a pod has that IP.
 	BindSelf bool
-	Clock  clock.WithTicker
-	Logger *zap.SugaredLogger
+	Clock    clock.WithTicker
+	Logger   *zap.SugaredLogger
 }
 
 type msg struct {
