@@ -99,7 +99,7 @@ func NewInvocationsReader(r io.Reader, w Window) (*InvocationsReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := columns(h, []string{colFunction}, []string{colOwner, colApp, colTrigger})
+	key, err := columns(cr, h, []string{colFunction}, []string{colOwner, colApp, colTrigger})
 	if err != nil {
 		return nil, err
 	}
@@ -110,13 +110,13 @@ func NewInvocationsReader(r io.Reader, w Window) (*InvocationsReader, error) {
 	for i, name := range h {
 		m, ok, err := minuteColumn(name)
 		if err != nil {
-			return nil, &ParseError{Line: 1, Field: name, Err: err}
+			return nil, fieldErr(cr, h, i, err)
 		}
 		if !ok {
 			continue
 		}
 		if seen[m] {
-			return nil, &ParseError{Line: 1, Field: name, Err: fmt.Errorf("minute %d appears twice", m)}
+			return nil, fieldErr(cr, h, i, fmt.Errorf("minute %d appears twice", m))
 		}
 		seen[m] = true
 		any = true

@@ -48,7 +48,7 @@ func NewInvocationReader(r io.Reader, w Window) (*InvocationReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := columns(h, []string{col21App, col21Func, col21End, col21Duration}, nil)
+	key, err := columns(cr, h, []string{col21App, col21Func, col21End, col21Duration}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -57,8 +57,16 @@ func NewInvocationReader(r io.Reader, w Window) (*InvocationReader, error) {
 
 // IsAzure2021Header reports whether a header row is the 2021 trace's.
 func IsAzure2021Header(h []string) bool {
-	_, err := columns(h, []string{col21App, col21Func, col21End, col21Duration}, nil)
-	return err == nil
+	seen := map[string]int{}
+	for _, name := range h {
+		seen[name]++
+	}
+	for _, c := range []string{col21App, col21Func, col21End, col21Duration} {
+		if seen[c] != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 // Next returns the next invocation within the window, or io.EOF.

@@ -132,8 +132,8 @@ func trimBOM(s string, i int) string {
 }
 
 // columns maps wanted header names to their indexes; required ones must be
-// present, and no name may appear twice.
-func columns(header []string, required, optional []string) (map[string]int, error) {
+// present, and no name may appear twice. cr has just read the header.
+func columns(cr *csv.Reader, header []string, required, optional []string) (map[string]int, error) {
 	idx := make(map[string]int, len(required)+len(optional))
 	want := make(map[string]bool, len(required)+len(optional))
 	for _, n := range required {
@@ -147,7 +147,7 @@ func columns(header []string, required, optional []string) (map[string]int, erro
 			continue
 		}
 		if _, dup := idx[h]; dup {
-			return nil, &ParseError{Line: 1, Err: fmt.Errorf("column %q appears twice", h)}
+			return nil, fieldErr(cr, header, i, fmt.Errorf("column %q appears twice", h))
 		}
 		idx[h] = i
 	}

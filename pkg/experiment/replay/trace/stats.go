@@ -126,7 +126,7 @@ func readTable(r io.Reader, required, optional []string,
 	if err != nil {
 		return err
 	}
-	idx, err := columns(h, required, optional)
+	idx, err := columns(cr, h, required, optional)
 	if err != nil {
 		return err
 	}
