@@ -150,6 +150,7 @@ func (pc *pacing) start(ctx context.Context, wg *sync.WaitGroup) {
 		defer wg.Done()
 		t := pc.r.d.Clock.NewTicker(pacingTick)
 		defer t.Stop()
+		var last pacer.Stats
 		for {
 			select {
 			case <-ctx.Done():
@@ -160,6 +161,13 @@ func (pc *pacing) start(ctx context.Context, wg *sync.WaitGroup) {
 					pc.release(pc.p.Flush(now))
 				}
 				pc.release(pc.p.Tick(now))
+				// One line a second while wake-ups wait or the estimate
+				// moves, so a paced burst can be followed in the log.
+				if st := pc.p.Stats(now); st.Queued > 0 || last.Queued > 0 || st.Window != last.Window {
+					pc.r.d.Logger.Infow("Wake pacing", "window", st.Window, "starting", st.Starting,
+						"queued", st.Queued, "baseline", st.Baseline)
+					last = st
+				}
 			}
 		}
 	}()
