@@ -49,7 +49,9 @@ const QueueFullBody = "pending request queue full"
 type Throttler interface {
 	// UpsertRevision is called before each Try with the revision's current
 	// config (cheap when unchanged), so a request never races the informer
-	// callback that registers a new revision.
+	// callback that registers a new revision. It is called only while the
+	// revision is held live (revisions.Info.Hold), never after its deletion
+	// was handled.
 	UpsertRevision(rev types.NamespacedName, cfg throttler.RevisionConfig)
 	Try(ctx context.Context, rev types.NamespacedName, fn func(dest string) error) error
 }
@@ -233,8 +235,12 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 			code = http.StatusOK
 		}
 		latency := h.cfg.Clock.Since(start).Seconds()
-		h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), protoVersion(r),
-			info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
+		// Not for a revision deleted meanwhile: the observation would bring its series back for good.
+		if info.Hold() {
+			h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), protoVersion(r),
+				info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
+			info.Release()
+		}
 		if h.cfg.RequestLog.enabled() {
 			h.cfg.RequestLog.write(&RequestLogInput{
 				Request:  r,
@@ -275,8 +281,16 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 // byte (and sets the timing header if asked).
 func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisions.Info, cold *coldstart.Request, timing bool) {
 	rev := info.ID
+	// The revision's throttler entry and gauges are made only while it is live: once its deletion is
+	// handled, a request that looked it up just before must not bring them back for good.
+	if !info.Hold() {
+		h.writeTryError(w, r, rev, throttler.ErrRevisionDeleted)
+		return
+	}
 	queued := h.cfg.Metrics.queued.WithLabelValues(rev.Namespace, rev.Name)
 	active := h.cfg.Metrics.active.WithLabelValues(rev.Namespace, rev.Name)
+	h.cfg.Throttler.UpsertRevision(rev, throttler.RevisionConfig{ContainerConcurrency: info.ContainerConcurrency, QueueDepth: h.cfg.QueueDepth})
+	info.Release()
 	queued.Inc()
 	dequeued := false
 
@@ -286,7 +300,6 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 		tryCtx, trySpan = h.tracer.Start(r.Context(), "throttler_try")
 	}
 	var panicked any
-	h.cfg.Throttler.UpsertRevision(rev, throttler.RevisionConfig{ContainerConcurrency: info.ContainerConcurrency, QueueDepth: h.cfg.QueueDepth})
 	err := h.cfg.Throttler.Try(tryCtx, rev, func(dest string) (err error) {
 		if !dequeued {
 			dequeued = true

@@ -49,6 +49,40 @@ type Info struct {
 	ProbeOptimisation bool
 	Service           string
 	Configuration     string
+
+	// life is shared by the Infos of one revision from its creation to its deletion (updates replace the
+	// Info, not the life), so that a request holding an older Info still sees the deletion.
+	life *life
+}
+
+// life ends when the Store sees its revision deleted, before the delete handlers run.
+type life struct {
+	mu   sync.RWMutex
+	gone bool
+}
+
+// Hold reports whether the revision is still live and, if so, keeps the Store's delete handlers from
+// running until Release. Per-revision state created while held (throttler entries, metric series) is
+// then either created before the handlers drop it, or not at all: a request that looked the revision
+// up just before its deletion cannot bring that state back for good. An Info not made by a Store is
+// always live. Hold only briefly, never across a wait.
+func (i *Info) Hold() bool {
+	if i.life == nil {
+		return true
+	}
+	i.life.mu.RLock()
+	if i.life.gone {
+		i.life.mu.RUnlock()
+		return false
+	}
+	return true
+}
+
+// Release ends a successful Hold.
+func (i *Info) Release() {
+	if i.life != nil {
+		i.life.mu.RUnlock()
+	}
 }
 
 // PortName is the name of the Endpoints/Service port that carries this revision's traffic.
@@ -204,6 +238,11 @@ func (s *Store) upsert(obj interface{}) {
 	}
 	info := FromRevision(rev)
 	s.mu.Lock()
+	if prev, ok := s.infos[info.ID]; ok && prev.life != nil {
+		info.life = prev.life
+	} else {
+		info.life = &life{}
+	}
 	s.infos[info.ID] = info
 	s.mu.Unlock()
 	s.hmu.Lock()
@@ -225,8 +264,15 @@ func (s *Store) delete(obj interface{}) {
 	}
 	id := types.NamespacedName{Namespace: rev.Namespace, Name: rev.Name}
 	s.mu.Lock()
+	prev := s.infos[id]
 	delete(s.infos, id)
 	s.mu.Unlock()
+	if prev != nil && prev.life != nil {
+		// Waits for the requests holding the revision, so none creates state after the handlers ran.
+		prev.life.mu.Lock()
+		prev.life.gone = true
+		prev.life.mu.Unlock()
+	}
 	s.hmu.Lock()
 	handlers := s.onDelete
 	s.hmu.Unlock()

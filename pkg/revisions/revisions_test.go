@@ -232,3 +232,41 @@ func TestStore(t *testing.T) {
 	}
 	ev.mu.Unlock()
 }
+
+// TestHold: updates keep a revision live for requests holding an older Info; a deletion waits for
+// holders, then ends the life of every Info of the revision; a revision created again lives anew.
+func TestHold(t *testing.T) {
+	s := &Store{logger: zaptest.NewLogger(t).Sugar(), infos: map[types.NamespacedName]*Info{}}
+	handled := make(chan struct{}, 1)
+	s.OnDelete(func(types.NamespacedName) { handled <- struct{}{} })
+	s.upsert(rev("ns", "a"))
+	first, _ := s.Get("ns", "a")
+	s.upsert(rev("ns", "a", func(r *servingv1.Revision) { r.Spec.ContainerConcurrency = ptr.To[int64](3) }))
+	second, _ := s.Get("ns", "a")
+	if first == second || !first.Hold() {
+		t.Fatal("an updated revision must stay live for the older Info")
+	}
+	go s.delete(rev("ns", "a"))
+	select {
+	case <-handled:
+		t.Fatal("delete handlers ran while a request held the revision")
+	case <-time.After(50 * time.Millisecond):
+	}
+	first.Release()
+	<-handled
+	if first.Hold() || second.Hold() {
+		t.Fatal("Hold succeeded after the deletion")
+	}
+	s.upsert(rev("ns", "a"))
+	third, _ := s.Get("ns", "a")
+	if !third.Hold() {
+		t.Fatal("a revision created again is not live")
+	}
+	third.Release()
+	if first.Hold() {
+		t.Fatal("the re-creation revived an Info of the deleted revision")
+	}
+	if !(&Info{}).Hold() {
+		t.Fatal("an Info made outside a Store must be live")
+	}
+}

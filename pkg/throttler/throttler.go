@@ -168,19 +168,29 @@ func (t *Throttler) UpdateBackends(rev types.NamespacedName, b Backends) {
 	rt := t.lockRev(rev)
 	rt.setBackendsLocked(b)
 	rt.dispatchLocked()
-	orphan := !rt.configured && len(rt.sorted) == 0 && rt.clusterIP == nil && rt.numAct == 0
+	orphan := rt.orphanLocked()
 	rt.mu.Unlock()
 	if orphan {
-		// Backends of a revision never configured (or already deleted) went
-		// away: drop the state so stale watchers cannot leak it.
-		t.mu.Lock()
-		rt.mu.Lock()
-		if !rt.configured && !rt.deleted && len(rt.sorted) == 0 && rt.clusterIP == nil && rt.numAct == 0 {
-			t.removeLocked(rt, ErrRevisionDeleted)
-		}
-		rt.mu.Unlock()
-		t.mu.Unlock()
+		t.dropOrphan(rt)
 	}
+}
+
+// orphanLocked reports whether rt holds nothing worth keeping: never
+// configured (or deleted since) and without backends or activators.
+func (rt *revThrottler) orphanLocked() bool {
+	return !rt.configured && len(rt.sorted) == 0 && rt.clusterIP == nil && rt.numAct == 0
+}
+
+// dropOrphan removes rt if it is still an orphan, so that endpoint events
+// outliving a revision (or for one never configured) cannot leak its state.
+func (t *Throttler) dropOrphan(rt *revThrottler) {
+	t.mu.Lock()
+	rt.mu.Lock()
+	if !rt.deleted && rt.orphanLocked() {
+		t.removeLocked(rt, ErrRevisionDeleted)
+	}
+	rt.mu.Unlock()
+	t.mu.Unlock()
 }
 
 // UpdateActivators sets the activator IPs of the revision's public
@@ -192,14 +202,19 @@ func (t *Throttler) UpdateActivators(rev types.NamespacedName, activatorIPs []st
 	}
 	idx, n := activatorIndex(activatorIPs, t.podIP)
 	rt := t.lockRev(rev)
-	defer rt.mu.Unlock()
 	if rt.actIdx == idx && rt.numAct == n {
+		rt.mu.Unlock()
 		return
 	}
 	rt.logger.Infof("This activator's index is %d/%d, was %d/%d", idx, n, rt.actIdx, rt.numAct)
 	rt.actIdx, rt.numAct = idx, n
 	rt.reassignLocked()
 	rt.dispatchLocked()
+	orphan := rt.orphanLocked()
+	rt.mu.Unlock()
+	if orphan {
+		t.dropOrphan(rt)
+	}
 }
 
 // DeleteRevision forgets rev. Its waiting requests end at once with
@@ -216,6 +231,13 @@ func (t *Throttler) DeleteRevision(rev types.NamespacedName) {
 	defer rt.mu.Unlock()
 	t.removeLocked(rt, ErrRevisionDeleted)
 	rt.logger.Debug("Revision deleted")
+}
+
+// Len returns the number of revisions with state in the throttler.
+func (t *Throttler) Len() int {
+	n := 0
+	t.revs.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 // Stats returns the number of queued and in-flight requests of rev.

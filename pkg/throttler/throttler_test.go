@@ -1132,3 +1132,41 @@ func TestRoutable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoOrphansFromActivators: endpoint events that outlive a revision (its public Endpoints
+// change or go after the Revision is deleted, or arrive for a revision never configured) must not
+// leave state behind once they say nothing any more.
+func TestNoOrphansFromActivators(t *testing.T) {
+	ips := []string{"10.0.0.1", "10.0.0.2"}
+	tests := []struct {
+		name  string
+		steps func(th *Throttler)
+	}{
+		{name: "never configured", steps: func(th *Throttler) {
+			th.UpdateActivators(rev, ips)
+			th.UpdateActivators(rev, nil)
+		}},
+		{name: "public endpoints change after the deletion", steps: func(th *Throttler) {
+			th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
+			th.UpdateActivators(rev, ips)
+			th.DeleteRevision(rev)
+			th.UpdateActivators(rev, ips[:1])
+			th.UpdateActivators(rev, nil)
+		}},
+		{name: "backends and activators go, in either order", steps: func(th *Throttler) {
+			th.UpdateBackends(rev, Backends{Dests: dests(2)})
+			th.UpdateActivators(rev, ips)
+			th.UpdateBackends(rev, Backends{})
+			th.UpdateActivators(rev, nil)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			th, _ := newTestThrottler(t, Options{})
+			tc.steps(th)
+			if n := th.Len(); n != 0 {
+				t.Fatalf("%d revisions left, want 0", n)
+			}
+		})
+	}
+}
