@@ -12,7 +12,9 @@
 // concurrency (queued requests included); scale-to-zero follows the KPA: the
 // revision turns inactive after a stable window wanting 0, and its last pod
 // goes when grace and retention have passed (or, learned, when the policy no
-// longer wants it). Scale-ups never wait for a policy.
+// longer wants it). Scale-ups never wait for a policy. A pre-warm starts its
+// pod one cold-start time before the policy wants it, so that it is ready
+// then (the autoscaler knows its cold-start time from its own records).
 package sim
 
 import (
@@ -465,12 +467,16 @@ func (r *run) schedulePreWarm() {
 		return
 	}
 	if !pl.Next.IsZero() {
-		r.wake = pl.Next.Sub(epoch)
+		r.wake = max(r.now, pl.Next.Sub(epoch)-r.m.ColdStart)
 	}
 }
 
 func (r *run) preWarm() {
-	if r.pods() > 0 || r.conc() > 0 || r.ka == nil || !r.ka.Plan().Pod {
+	if r.pods() > 0 || r.conc() > 0 || r.ka == nil {
+		return
+	}
+	// Wanted now, or within a cold start: the pod is ready when wanted.
+	if pl := r.ka.Plan(); !pl.Pod && (pl.Next.IsZero() || pl.Next.Sub(r.clk.now) > r.m.ColdStart) {
 		return
 	}
 	r.res.PreWarms++
