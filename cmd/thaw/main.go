@@ -22,7 +22,8 @@ type command struct {
 
 func groups() map[string]map[string]command {
 	return map[string]map[string]command{
-		"lab": labCommands(),
+		"lab":    labCommands(),
+		"images": imagesCommands(),
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Image names. Everything but pause is tagged under ko.local, a registry Knative's controller skips
@@ -75,6 +76,11 @@ type Spec struct {
 	// User defaults to NonRootUser.
 	User       string
 	WorkingDir string // default "/"
+	// Arch is the image's architecture, in GOARCH's names; default amd64, the lab's node.
+	Arch string
+	// OCI gives the image OCI media types (manifest, config, layer), for registries and OCI indexes;
+	// without it the lab's tarballs keep Docker's.
+	OCI bool
 }
 
 // ImageRef is a built image.
@@ -159,13 +165,19 @@ func Image(spec Spec, bin []byte) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	layerOpts := []tarball.LayerOption{tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching}
+	base := empty.Image
+	if spec.OCI {
+		layerOpts = append(layerOpts, tarball.WithMediaType(types.OCILayer))
+		base = mutate.ConfigMediaType(mutate.MediaType(base, types.OCIManifestSchema1), types.OCIConfigJSON)
+	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching)
+	}, layerOpts...)
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	img, err := mutate.AppendLayers(base, layer)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +204,11 @@ func Image(spec Spec, bin []byte) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	// os/architecture are required: containerd's import silently drops an image without them.
 	// Created stays zero so that the digest depends only on content.
-	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", cfg
+	arch := spec.Arch
+	if arch == "" {
+		arch = "amd64"
+	}
+	cf.OS, cf.Architecture, cf.Config = "linux", arch, cfg
 	return mutate.ConfigFile(img, cf)
 }
 
@@ -236,12 +252,15 @@ func layerTar(binName string, bin []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// CheckStatic rejects binaries that need a dynamic loader, as Build does.
+func CheckStatic(bin []byte) error { return checkStatic(bin) }
+
 // checkStatic rejects binaries that need a dynamic loader: they cannot run in a scratch image.
 func checkStatic(bin []byte) error {
 	if len(bin) < 4 || string(bin[:4]) != "\x7fELF" {
 		return errors.New("not an ELF binary")
 	}
-	if bytes.Contains(bin, []byte("/lib64/ld-linux-x86-64.so.2")) {
+	if bytes.Contains(bin, []byte("/lib64/ld-linux-x86-64.so.2")) || bytes.Contains(bin, []byte("/lib/ld-linux-aarch64.so.1")) {
 		return errors.New("dynamically linked (build it with CGO_ENABLED=0)")
 	}
 	return nil
@@ -274,6 +293,10 @@ func specKey(spec Spec, bin []byte) string {
 		Base string
 	}{formatVersion, Spec{Name: spec.Name, Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env, User: spec.User, WorkingDir: spec.WorkingDir}, inImageName(spec)})
 	h.Write(data)
+	if spec.Arch != "" || spec.OCI {
+		// Only images built for a registry set these; the lab's keys stay as they were.
+		fmt.Fprintf(h, "\x00%s\x00%t", spec.Arch, spec.OCI)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
