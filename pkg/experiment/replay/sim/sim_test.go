@@ -103,6 +103,10 @@ func TestPeriodic(t *testing.T) {
 	if l.IdlePodSeconds >= res["fixed-10m"].IdlePodSeconds/2 {
 		t.Errorf("learned idle %.0f pod-s, fixed-10m %.0f: want under half", l.IdlePodSeconds, res["fixed-10m"].IdlePodSeconds)
 	}
+	// A pre-warm starts a cold start ahead: only the first request waits.
+	if l.AddedLatency != time.Second {
+		t.Errorf("learned waited %v in all, want the first request's 1s", l.AddedLatency)
+	}
 	c := res["cost"]
 	if c.ColdRequests > 6 || c.PreWarms < 130 || c.FinalMode != "cost" || c.IdlePodSeconds >= l.IdlePodSeconds {
 		t.Errorf("cost %+v: want a few cold requests, pre-warms for the rest, less idle time than the paper's %.0f", c, l.IdlePodSeconds)
