@@ -1,6 +1,7 @@
 // Package throttler limits, queues and load-balances requests to the pods of
 // each revision: capacity = containerConcurrency × pods assigned to this
-// activator, a bounded FIFO queue per revision (and across revisions), and
+// activator, a bounded FIFO queue per revision (and across revisions, each
+// revision held to its fair share of the activator-wide bound), and
 // a per-pod in-flight ramp for unlimited (CC=0) revisions.
 //
 // Use from the request path:
@@ -68,7 +69,9 @@ const (
 type Options struct {
 	// QueueDepth is the default bound of waiting requests per revision.
 	QueueDepth int
-	// TotalQueueDepth bounds waiting requests across all revisions.
+	// TotalQueueDepth bounds waiting requests across all revisions. With n
+	// revisions queuing, each may hold at most TotalQueueDepth/(n+1) of
+	// them, so a saturated revision cannot take another's share.
 	TotalQueueDepth int
 	// MaxRetries bounds how often one request is retried after ErrRetryable;
 	// negative disables retries.

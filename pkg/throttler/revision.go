@@ -127,7 +127,7 @@ func (rt *revThrottler) acquire(ctx context.Context, front bool) (*pod, error) {
 		return nil, err
 	}
 	if !front {
-		if rt.queued >= rt.depth {
+		if rt.queued >= rt.depth || rt.queued >= rt.t.fairShare(rt.queued == 0) {
 			rt.mu.Unlock()
 			return nil, ErrQueueFull
 		}
@@ -242,6 +242,9 @@ func (rt *revThrottler) failAllLocked(err error) {
 func (rt *revThrottler) enqueueLocked(w *waiter, front bool) {
 	w.queued = true
 	rt.queued++
+	if rt.queued == 1 {
+		rt.t.queuing.Add(1)
+	}
 	if rt.head == nil {
 		rt.head, rt.tail = w, w
 		return
@@ -270,6 +273,9 @@ func (rt *revThrottler) unlinkLocked(w *waiter) {
 	}
 	w.prev, w.next, w.queued = nil, nil, false
 	rt.queued--
+	if rt.queued == 0 {
+		rt.t.queuing.Add(-1)
+	}
 	rt.t.queued.Add(-1)
 }
 

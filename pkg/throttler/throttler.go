@@ -23,6 +23,8 @@ type Throttler struct {
 	waiters sync.Pool
 	// queued counts waiters of all revisions, for TotalQueueDepth.
 	queued atomic.Int64
+	// queuing counts revisions with at least one waiter, for fairShare.
+	queuing atomic.Int64
 
 	// revs maps types.NamespacedName to *revThrottler. A sync.Map keeps the
 	// per-request lookup free of shared writes; mu serialises creation and
@@ -43,6 +45,22 @@ func New(podIP string, opts Options, clk clock.WithTicker, logger *zap.SugaredLo
 		logger:  logger,
 		waiters: sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }},
 	}
+}
+
+// fairShare is how many waiters one revision may hold of TotalQueueDepth
+// when n revisions have waiters (n+1 if the caller's would be a new queue):
+// TotalQueueDepth/(n+1). The +1 keeps a share free for a revision that is
+// not queuing yet, so saturated revisions can never fill the activator-wide
+// bound between them and a cold request to another revision still queues.
+// A queue over its share (others joined after it filled) keeps its waiters
+// and takes new ones only once it is back under. Alone, a revision gets
+// half the total bound: DefaultQueueDepth with the defaults.
+func (t *Throttler) fairShare(joining bool) int {
+	n := t.queuing.Load()
+	if joining {
+		n++
+	}
+	return max(1, int(int64(t.opts.TotalQueueDepth)/(n+1)))
 }
 
 func (t *Throttler) getWaiter() *waiter { return t.waiters.Get().(*waiter) }

@@ -1015,36 +1015,112 @@ func TestStress(t *testing.T) {
 
 // The bound across revisions holds however many revisions queue.
 func TestTotalQueueDepth(t *testing.T) {
-	th, _ := newTestThrottler(t, Options{QueueDepth: 10, TotalQueueDepth: 3})
-	a := types.NamespacedName{Namespace: "ns", Name: "a"}
-	b := types.NamespacedName{Namespace: "ns", Name: "b"}
-	th.UpsertRevision(a, RevisionConfig{ContainerConcurrency: 1})
-	th.UpsertRevision(b, RevisionConfig{ContainerConcurrency: 1})
-	w := []*call{start(th, a), start(th, a)}
-	waitQueued(t, th, a, 2)
-	w = append(w, start(th, b))
-	waitQueued(t, th, b, 1)
-	for _, r := range []types.NamespacedName{a, b} {
+	th, _ := newTestThrottler(t, Options{QueueDepth: 10, TotalQueueDepth: 6})
+	var revs []types.NamespacedName
+	for _, n := range []string{"a", "b", "c", "d"} {
+		r := types.NamespacedName{Namespace: "ns", Name: n}
+		th.UpsertRevision(r, RevisionConfig{ContainerConcurrency: 1})
+		revs = append(revs, r)
+	}
+	a, b, c, d := revs[0], revs[1], revs[2], revs[3]
+	full := func(r types.NamespacedName) {
+		t.Helper()
 		if err := th.Try(context.Background(), r, func(string) error { return nil }); !errors.Is(err, ErrQueueFull) {
 			t.Fatalf("Try(%v) = %v, want ErrQueueFull", r, err)
 		}
 	}
+	var w []*call
+	fill := func(r types.NamespacedName, n int) {
+		t.Helper()
+		q, _ := th.Stats(r)
+		for i := 0; i < n; i++ {
+			w = append(w, start(th, r))
+			waitQueued(t, th, r, q+i+1)
+		}
+	}
+	// Each revision's share is total/(queuing revisions + 1): 6/2, 6/3, 6/4.
+	fill(a, 3)
+	full(a)
+	fill(b, 2)
+	full(b)
+	fill(c, 1)
+	full(c)
+	// The total bound holds even for a revision within its share (6/5 = 1).
+	full(d)
 	// A waiter leaving makes room for any revision.
 	w[0].cancel()
 	if err := w[0].result(t); !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
-	w = append(w, start(th, b))
-	waitQueued(t, th, b, 2)
-	th.DeleteRevision(a)
-	th.DeleteRevision(b)
+	fill(d, 1)
+	for _, r := range revs {
+		th.DeleteRevision(r)
+	}
 	for _, c := range w[1:] {
 		if err := c.result(t); !errors.Is(err, ErrRevisionDeleted) {
 			t.Fatal(err)
 		}
 	}
-	if n := th.queued.Load(); n != 0 {
-		t.Fatalf("total queued = %d after all left", n)
+	if n, q := th.queued.Load(), th.queuing.Load(); n != 0 || q != 0 {
+		t.Fatalf("total queued = %d, revisions queuing = %d after all left", n, q)
+	}
+}
+
+// TestFairShareColdRevision: two revisions overloaded with more requests than the activator-wide
+// bound cannot fill it between them; a cold request to a third revision still waits, and succeeds
+// once its pod is up.
+func TestFairShareColdRevision(t *testing.T) {
+	const total = 30
+	th, _ := newTestThrottler(t, Options{QueueDepth: 100, TotalQueueDepth: total})
+	hot := []types.NamespacedName{{Namespace: "ns", Name: "hot-1"}, {Namespace: "other", Name: "hot-2"}}
+	cold := types.NamespacedName{Namespace: "ns", Name: "cold"}
+	for _, r := range append(hot, cold) {
+		th.UpsertRevision(r, RevisionConfig{ContainerConcurrency: 1})
+	}
+	var waiting []*call
+	shed := 0
+	for i := 0; i < 2*total; i++ { // every hot revision alone is asked for more than the total bound
+		for _, r := range hot {
+			before, _ := th.Stats(r)
+			c := start(th, r)
+			var err error
+			ended := false
+			waitFor(t, "queued or shed", func() bool {
+				select {
+				case err = <-c.done:
+					ended = true
+					return true
+				default:
+				}
+				q, _ := th.Stats(r)
+				return q > before
+			})
+			switch {
+			case !ended:
+				waiting = append(waiting, c)
+			case errors.Is(err, ErrQueueFull):
+				shed++
+			default:
+				t.Fatalf("hot Try = %v", err)
+			}
+		}
+	}
+	if shed == 0 {
+		t.Fatal("the overloaded revisions were never shed")
+	}
+	c := start(th, cold)
+	waitQueued(t, th, cold, 1)
+	th.UpdateBackends(cold, Backends{Dests: dests(1)})
+	c.entered(t)
+	c.release <- nil
+	if err := c.result(t); err != nil {
+		t.Fatalf("cold request: %v", err)
+	}
+	for _, r := range hot {
+		th.DeleteRevision(r)
+	}
+	for _, w := range waiting {
+		w.result(t)
 	}
 }
 
