@@ -58,8 +58,12 @@ func main() {
 	cfg.LoggingName = envOr("CONFIG_LOGGING_NAME", "config-logging")
 	cfg.ObservabilityName = envOr("CONFIG_OBSERVABILITY_NAME", "config-observability")
 	cfg.ServiceName = lifecycle.Component
+	// Peers listen where this replica does.
 	if _, port, err := net.SplitHostPort(cfg.StatsAddr); err == nil {
 		cfg.StatPort, _ = strconv.Atoi(port)
+	}
+	if _, port, err := net.SplitHostPort(cfg.MetricsAddr); err == nil {
+		cfg.MetricsPort, _ = strconv.Atoi(port)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

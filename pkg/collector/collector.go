@@ -114,6 +114,8 @@ type Collector struct {
 
 	mu   sync.RWMutex
 	revs map[types.NamespacedName]*collection
+	// pending holds seeded seconds of revisions whose collection does not exist yet.
+	pending map[types.NamespacedName]pendingSeed
 
 	droppedUnknown, droppedInvalid atomic.Uint64
 	// horizon caches clock.Now()+skew in unix nanoseconds: a stat up to it
@@ -167,6 +169,9 @@ type collection struct {
 	lastErr  error
 	stop     context.CancelFunc
 	finished chan struct{}
+	// liveFrom is the unix second of the first stat recorded here (0: none yet); seeded seconds from
+	// another replica are taken only before it.
+	liveFrom int64
 }
 
 func newCollection(cfg Config) *collection {
@@ -213,6 +218,9 @@ func (c *Collector) CreateOrUpdate(key types.NamespacedName, cfg Config) error {
 	}
 	col := newCollection(cfg)
 	col.scraper = scraper
+	if secs := c.takePending(key, c.clock.Now()); secs != nil {
+		col.seed(secs)
+	}
 	c.revs[key] = col
 	if c.scrapers != nil {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -309,6 +317,9 @@ func (c *Collector) tooNew(t time.Time) bool {
 }
 
 func (col *collection) record(t time.Time, concurrency, rps float64) {
+	if col.liveFrom == 0 {
+		col.liveFrom = t.Unix()
+	}
 	col.conc.Record(t, concurrency)
 	col.concPnc.Record(t, concurrency)
 	col.rps.Record(t, rps)

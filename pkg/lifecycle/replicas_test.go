@@ -30,11 +30,17 @@ type replica struct {
 
 // startReplica runs another process against h's clients, as pod name at ip (a loopback address of its
 // own, so that the replicas share the stat port as pods do).
-func (h *harness) startReplica(t *testing.T, name, ip string, port int) *replica {
+func (h *harness) startReplica(t *testing.T, name, ip string, port int, metricsPort ...int) *replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &replica{cancel: cancel, done: make(chan error, 1)}
-	cfg := Config{StatsAddr: net.JoinHostPort(ip, strconv.Itoa(port)), MetricsAddr: ip + ":0", Namespace: sysNS,
+	maddr := ip + ":0"
+	mport := 0
+	if len(metricsPort) > 0 {
+		mport = metricsPort[0]
+		maddr = net.JoinHostPort(ip, strconv.Itoa(mport))
+	}
+	cfg := Config{StatsAddr: net.JoinHostPort(ip, strconv.Itoa(port)), MetricsAddr: maddr, MetricsPort: mport, Namespace: sysNS,
 		PodName: name, PodIP: ip, LoggingName: "config-logging", ObservabilityName: "config-observability",
 		ShutdownTimeout: 5 * time.Second, StatPort: port, allowLoopback: true}
 	d := Deps{Kube: h.kube, Serving: h.serving, Networking: h.net, Dynamic: h.dyn, Prober: okProber{}}
@@ -266,4 +272,79 @@ func TestHandOverAfterKillIsWarm(t *testing.T) {
 	}
 	eventually(t, "b takes the expired bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-b", ipB) })
 	eventually(t, "b decides from the stats a forwarded", func() bool { return desired() >= 1 })
+}
+
+// A holder killed and restarted in place keeps its identity and retakes its own Lease at once (as a
+// container restarted by the kubelet does); before campaigning it takes the other replica's windows,
+// so its first decisions come from the load it had, not from empty windows.
+func TestRestartInPlaceStartsWarm(t *testing.T) {
+	ctx := context.Background()
+	const ipA, ipB = "127.0.0.6", "127.0.0.7"
+	h := start(t, map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "200ms"})
+	h.stop(t)
+	port, mport := freePort(t, ipA, ipB), freePort(t, ipA, ipB)
+	idA := bucket.Identity("autoscaler-a", ipA)
+	var dead atomic.Bool
+	deadHolder := func(l *coordinationv1.Lease) error {
+		if dead.Load() && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "") {
+			return errors.New("the holder is dead")
+		}
+		return nil
+	}
+	h.leaseUpdate.Store(&deadHolder)
+	a := h.startReplica(t, "autoscaler-a", ipA, port, mport)
+	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == idA })
+	h.startReplica(t, "autoscaler-b", ipB, port, mport)
+	if _, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "autoscaler-x1", Namespace: sysNS, Labels: map[string]string{discoveryv1.LabelServiceName: "autoscaler"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ipA}}, {Addresses: []string{ipB}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.sksFor(t, ctx, rev.Name)
+	eventually(t, "Metric status", func() bool {
+		m, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		return err == nil && m.Status.GetCondition("Ready") != nil
+	})
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+a.addrs[0]+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	desired := func() int32 {
+		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		if err != nil || pa.Status.DesiredScale == nil {
+			return -2
+		}
+		return *pa.Status.DesiredScale
+	}
+	stop, sends := stream(t, conn)
+	eventually(t, "a decides 4", func() bool { return desired() == 4 })
+	n := sends.Load()
+	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
+	stop()
+	conn.Close()
+
+	dead.Store(true) // a dies: no release
+	a.stop(t)
+	pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa.Status.DesiredScale = ptr.To(int32(-1))
+	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dead.Store(false)
+	// The same pod, restarted: it renews its own Lease long before it would expire (15 s).
+	restarted := time.Now()
+	h.startReplica(t, "autoscaler-a", ipA, port, mport)
+	eventually(t, "the restarted a decides from b's windows", func() bool { return desired() >= 1 })
+	if d := time.Since(restarted); d > 10*time.Second {
+		t.Fatalf("decided %v after the restart: the Lease expired first", d)
+	}
+	if h.holder(t) != idA {
+		t.Fatalf("holder %q, want the restarted a", h.holder(t))
+	}
 }

@@ -70,6 +70,8 @@ type Config struct {
 	ServiceName string
 	// StatPort is the peers' stat port (8080).
 	StatPort int
+	// MetricsPort is the peers' metrics port (9090), where a starting replica asks for their windows.
+	MetricsPort int
 
 	// allowLoopback lets tests run several replicas on loopback addresses.
 	allowLoopback bool
@@ -134,6 +136,9 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	}
 	if cfg.StatPort == 0 {
 		cfg.StatPort = 8080
+	}
+	if cfg.MetricsPort == 0 {
+		cfg.MetricsPort = 9090
 	}
 	identity := bucket.Identity(cfg.PodName, cfg.PodIP)
 	logger = logger.With("pod", cfg.PodName, "podIP", cfg.PodIP)
@@ -241,6 +246,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/coldstarts", a.cold.Ring())
+	mux.HandleFunc(windowsPath, a.serveWindows)
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
 	var profSrv *http.Server
 	if profLn != nil {
@@ -297,6 +303,11 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 		defer close(partsDone)
 		a.p.run(partsCtx, logger)
 	}()
+
+	// Before campaigning, take the other replicas' windows: a replica restarted in place (SIGKILL, OOM)
+	// keeps its identity and retakes its own Leases at once, and must not decide from empty windows.
+	a.refreshPeers()
+	a.seedFromPeers(ctx)
 
 	electCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopElection()

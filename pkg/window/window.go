@@ -314,3 +314,16 @@ func round(f float64) float64 {
 	p := math.Pow10(precision)
 	return math.Round(f*p) / p
 }
+
+// Each calls fn for every second of the current run of data inside the window, oldest first, with its
+// sum (0 for a second without writes). It is how a window is copied to another replica: recording
+// the same values into empty buckets gives the same averages.
+func (b *Buckets) Each(fn func(sec int64, value float64)) {
+	if b.last == never {
+		return
+	}
+	from := max(b.first, b.last-int64(len(b.buckets))+1)
+	for sec := from; sec <= b.last; sec++ {
+		fn(sec, b.buckets[b.idx(sec)])
+	}
+}

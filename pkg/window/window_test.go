@@ -267,3 +267,27 @@ func TestAbsurdTimes(t *testing.T) {
 		}
 	}
 }
+
+// A window copied second by second through Each into empty buckets averages the same, linear and
+// weighted, at any later time within the window.
+func TestEachCopies(t *testing.T) {
+	for _, mk := range []func(time.Duration) *Buckets{NewLinear, NewWeighted} {
+		src := mk(60 * time.Second)
+		base := time.Unix(1_800_000_000, 0)
+		for i := range 90 {
+			if i%7 == 3 {
+				continue // a second without stats
+			}
+			src.Record(base.Add(time.Duration(i)*time.Second), float64(i%11))
+			src.Record(base.Add(time.Duration(i)*time.Second+300*time.Millisecond), 1)
+		}
+		dst := mk(60 * time.Second)
+		src.Each(func(sec int64, v float64) { dst.Record(time.Unix(sec, 0), v) })
+		for _, later := range []time.Duration{89, 90, 100, 140} {
+			now := base.Add(later * time.Second)
+			if s, d := src.Average(now), dst.Average(now); s != d {
+				t.Fatalf("weighted=%v at +%ds: source %v, copy %v", src.Weighted(), later, s, d)
+			}
+		}
+	}
+}
