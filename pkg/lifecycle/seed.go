@@ -20,7 +20,7 @@ const (
 	// windowsPath serves this replica's windows to a starting peer, on the metrics port.
 	windowsPath = "/thaw/windows"
 	// seedBudget bounds how long a starting replica waits for a peer's windows before campaigning.
-	seedBudget = 3 * time.Second
+	seedBudget = 2 * time.Second
 	// maxSnapshotBytes bounds a peer's answer.
 	maxSnapshotBytes = 64 << 20
 )
@@ -37,9 +37,10 @@ func (a *app) serveWindows(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// seedFromPeers asks the peers, one after the other, for their windows and seeds the collector with
-// the first answer. Upstream's replicas have no such endpoint and are skipped; with no peer, or none
-// answering within the budget, the replica starts empty as upstream's does.
+// seedFromPeers asks every peer at once for its windows and seeds the collector with the first answer
+// (a dead peer's address must not hold the others up). Upstream's replicas have no such endpoint and
+// answer 404; with no peer, or none answering within the budget, the replica starts empty as
+// upstream's does.
 func (a *app) seedFromPeers(ctx context.Context) {
 	peers := a.fwd.Peers()
 	if len(peers) == 0 {
@@ -52,19 +53,28 @@ func (a *app) seedFromPeers(ctx context.Context) {
 	sort.Strings(ips)
 	ctx, cancel := context.WithTimeout(ctx, seedBudget)
 	defer cancel()
+	type answer struct {
+		ip   string
+		snap []collector.RevisionSnapshot
+		err  error
+	}
+	answers := make(chan answer, len(ips))
 	client := &http.Client{}
 	for _, ip := range ips {
-		snap, err := fetchWindows(ctx, client, "http://"+net.JoinHostPort(ip, strconv.Itoa(a.cfg.MetricsPort))+windowsPath)
-		if err != nil {
-			a.logger.Debugw("No windows from a peer", "peer", ip, zap.Error(err))
-			if ctx.Err() != nil {
-				break
-			}
+		go func() {
+			snap, err := fetchWindows(ctx, client, "http://"+net.JoinHostPort(ip, strconv.Itoa(a.cfg.MetricsPort))+windowsPath)
+			answers <- answer{ip, snap, err}
+		}()
+	}
+	for range ips {
+		ans := <-answers
+		if ans.err != nil {
+			a.logger.Debugw("No windows from a peer", "peer", ans.ip, zap.Error(ans.err))
 			continue
 		}
-		n := a.p.coll.Seed(snap)
-		a.logger.Infow("Started from a peer's windows", "peer", ip, "revisions", len(snap), "seeded now", n)
-		return
+		n := a.p.coll.Seed(ans.snap)
+		a.logger.Infow("Started from a peer's windows", "peer", ans.ip, "revisions", len(ans.snap), "seeded now", n)
+		return // the deferred cancel ends the other requests; their goroutines write to the buffered channel
 	}
 	a.logger.Infow("No peer's windows to start from; starting empty", "peers", len(ips))
 }
