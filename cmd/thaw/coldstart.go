@@ -24,6 +24,8 @@ func topCommands() map[string]command {
 	return map[string]command{
 		"coldstart": {"cold-start experiment: first requests at 1, 5, 25, 100 services at once, per-phase percentiles", coldstart},
 		"replay":    {replaySummary, replayCmd},
+		"swap":      swapCommand,
+		"unswap":    unswapCommand,
 	}
 }
 

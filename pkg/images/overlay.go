@@ -5,11 +5,53 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"sigs.k8s.io/yaml"
 )
 
-// OverlayImageName is the placeholder image a kustomize overlay's Deployments name for component;
-// its images transformer maps it to a real reference.
-func OverlayImageName(component string) string { return "thaw-" + component }
+// OverlayImageName is the image upstream's manifests name for component, a ko placeholder
+// (ko://knative.dev/serving/cmd/activator); the overlay's images transformer maps it to a real reference.
+func OverlayImageName(component string) string { return "ko://knative.dev/serving/cmd/" + component }
+
+// ReadOverlay returns the image the kustomization sets for each component (name:tag or name@digest),
+// the images a `thaw swap` without image flags runs.
+func ReadOverlay(kustomization string) (map[string]string, error) {
+	b, err := os.ReadFile(kustomization)
+	if err != nil {
+		return nil, err
+	}
+	var k struct {
+		Images []struct {
+			Name, NewName, NewTag, Digest string
+		} `json:"images"`
+	}
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		return nil, fmt.Errorf("%s: %w", kustomization, err)
+	}
+	out := map[string]string{}
+	for _, c := range Components {
+		for _, im := range k.Images {
+			if im.Name != OverlayImageName(c) {
+				continue
+			}
+			ref := im.NewName
+			if ref == "" {
+				ref = im.Name
+			}
+			switch {
+			case im.Digest != "":
+				ref += "@" + im.Digest
+			case im.NewTag != "":
+				ref += ":" + im.NewTag
+			}
+			out[c] = ref
+		}
+		if out[c] == "" {
+			return nil, fmt.Errorf("%s sets no image for %s", kustomization, OverlayImageName(c))
+		}
+	}
+	return out, nil
+}
 
 // SetOverlay points the kustomization at pushed images, pinned by digest: its images section (which
 // must be the file's last top-level key) is replaced, everything above it (comments included) is kept.

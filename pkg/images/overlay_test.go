@@ -13,8 +13,8 @@ func TestSetOverlay(t *testing.T) {
 		{Component: "autoscaler", Tag: "r.example:5000/thaw/autoscaler:v1", Digest: "sha256:bb"},
 	}
 	want := "images:\n" +
-		"  - name: thaw-activator\n    newName: r.example:5000/thaw/activator\n    digest: sha256:aa\n" +
-		"  - name: thaw-autoscaler\n    newName: r.example:5000/thaw/autoscaler\n    digest: sha256:bb\n"
+		"  - name: ko://knative.dev/serving/cmd/activator\n    newName: r.example:5000/thaw/activator\n    digest: sha256:aa\n" +
+		"  - name: ko://knative.dev/serving/cmd/autoscaler\n    newName: r.example:5000/thaw/autoscaler\n    digest: sha256:bb\n"
 	head := "# comment kept\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - a.yaml\n"
 	for _, tc := range []struct {
 		name, in, want string
@@ -41,6 +41,17 @@ func TestSetOverlay(t *testing.T) {
 				t.Fatal("a refused edit changed the file")
 			}
 		})
+	}
+	// What it wrote reads back; so does the checked-in overlay (the lab's images).
+	p := filepath.Join(t.TempDir(), "kustomization.yaml")
+	if err := os.WriteFile(p, []byte(head+want), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadOverlay(p); err != nil || got["activator"] != "r.example:5000/thaw/activator@sha256:aa" || got["autoscaler"] != "r.example:5000/thaw/autoscaler@sha256:bb" {
+		t.Fatalf("ReadOverlay = %v, %v", got, err)
+	}
+	if got, err := ReadOverlay("../../config/overlays/thaw/kustomization.yaml"); err != nil || got["activator"] != Repository("ko.local/thaw", "activator")+":"+DefaultTag {
+		t.Fatalf("ReadOverlay(config/overlays/thaw) = %v, %v", got, err)
 	}
 	// Without a digest (a tag only), newTag.
 	if got := OverlayImages([]Pushed{{Component: "activator", Tag: "ko.local/thaw/activator:dev"}}); !strings.Contains(got, "newName: ko.local/thaw/activator\n    newTag: dev\n") {

@@ -1,77 +1,38 @@
 package stack
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"reflect"
 	"testing"
 
-	"sigs.k8s.io/yaml"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/thaw-dev/thaw/pkg/images"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
+	"github.com/thaw-dev/thaw/pkg/lab/knative"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
-const overlay = "../../../config/overlays/thaw"
+const (
+	overlay = "../../../config/overlays/thaw"
+	base    = "../../../config/upstream/serving-v0.50.0"
+)
 
-// overlayImages renders the overlay's partial Deployments with its images transformer applied.
-func overlayImages(t *testing.T) map[string]string {
-	t.Helper()
-	var k struct {
-		Resources []string
-		Images    []struct{ Name, NewName, NewTag string }
-	}
-	b, err := os.ReadFile(filepath.Join(overlay, "kustomization.yaml"))
+var vendored = []string{"activator.yaml", "autoscaler.yaml"}
+
+// The overlay's images are the ones `thaw lab swap` runs.
+func TestOverlayMatchesSwap(t *testing.T) {
+	got, err := images.ReadOverlay(filepath.Join(overlay, "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := yaml.Unmarshal(b, &k); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, r := range k.Resources {
-		data, err := os.ReadFile(filepath.Join(overlay, r))
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs, err := kube.Decode(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range objs {
-			cs, _, _ := unstructuredContainers(o.Object)
-			for _, c := range cs {
-				img := c["image"].(string)
-				for _, im := range k.Images {
-					if im.Name == img {
-						img = im.NewName + ":" + im.NewTag
-					}
-				}
-				out[c["name"].(string)] = img
-			}
-		}
-	}
-	return out
-}
-
-func unstructuredContainers(obj map[string]any) ([]map[string]any, bool, error) {
-	spec, _ := obj["spec"].(map[string]any)
-	tmpl, _ := spec["template"].(map[string]any)
-	ps, _ := tmpl["spec"].(map[string]any)
-	list, _ := ps["containers"].([]any)
-	var out []map[string]any
-	for _, c := range list {
-		out = append(out, c.(map[string]any))
-	}
-	return out, len(out) > 0, nil
-}
-
-func TestOverlayMatchesSwap(t *testing.T) {
-	got := overlayImages(t)
 	want := ThawImages()
 	if len(got) != len(want) {
-		t.Fatalf("overlay touches %v, swap touches %v", got, want)
+		t.Fatalf("overlay sets %v, swap uses %v", got, want)
 	}
 	for c, img := range want {
 		if got[c] != img {
@@ -80,7 +41,40 @@ func TestOverlayMatchesSwap(t *testing.T) {
 	}
 }
 
-// TestOverlayKustomize renders the overlay with kubectl's kustomize when the lab's kubectl is built.
+// moduleDeployments reads the serving module's own files, skipping when the module cannot be had.
+func moduleDeployments(t *testing.T) string {
+	t.Helper()
+	repo, err := build.FindRepoRoot()
+	if err != nil {
+		t.Skip(err)
+	}
+	dirs, err := knative.ResolveModuleDirs(context.Background(), repo)
+	if err != nil {
+		t.Skipf("serving module: %v", err)
+	}
+	return filepath.Join(dirs[knative.ServingModule], "config", "core", "deployments")
+}
+
+// The base is upstream's files, byte for byte.
+func TestOverlayBaseIsUpstreams(t *testing.T) {
+	mod := moduleDeployments(t)
+	for _, f := range vendored {
+		want, err := os.ReadFile(filepath.Join(mod, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(base, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from the module's %s", filepath.Join(base, f), f)
+		}
+	}
+}
+
+// TestOverlayKustomize renders the overlay with kubectl's kustomize (when the lab's kubectl is built):
+// upstream's whole objects, the two Deployments' images alone changed.
 func TestOverlayKustomize(t *testing.T) {
 	cache, err := build.DefaultCacheDir()
 	if err != nil {
@@ -94,16 +88,55 @@ func TestOverlayKustomize(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
 	}
-	objs, err := kube.Decode(out)
+	rendered, err := kube.Decode(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 2 {
-		t.Fatalf("overlay renders %d objects", len(objs))
+	var want []*unstructured.Unstructured
+	for _, f := range vendored {
+		b, err := os.ReadFile(filepath.Join(base, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := kube.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, objs...)
 	}
-	for _, img := range ThawImages() {
-		if !strings.Contains(string(out), "image: "+img) {
-			t.Errorf("rendered overlay lacks %s:\n%s", img, out)
+	// Objects of Thaw's own (a NetworkPolicy) may come beside upstream's, but no other Deployment.
+	deployments := 0
+	for _, r := range rendered {
+		if r.GetKind() == "Deployment" {
+			deployments++
+		}
+	}
+	if deployments != 2 {
+		t.Fatalf("overlay renders %d Deployments, want activator and autoscaler", deployments)
+	}
+	thaw := ThawImages()
+	for _, w := range want {
+		if w.GetKind() == "Deployment" {
+			cs, _, _ := unstructured.NestedSlice(w.Object, "spec", "template", "spec", "containers")
+			for _, c := range cs {
+				m := c.(map[string]any)
+				if img, ok := thaw[m["name"].(string)]; ok {
+					m["image"] = img
+				}
+			}
+			_ = unstructured.SetNestedSlice(w.Object, cs, "spec", "template", "spec", "containers")
+		}
+		found := false
+		for _, r := range rendered {
+			if r.GetKind() == w.GetKind() && r.GetName() == w.GetName() {
+				found = true
+				if !reflect.DeepEqual(r.Object, w.Object) {
+					t.Errorf("%s %s rendered differs from upstream's with Thaw's image:\n%v\n%v", w.GetKind(), w.GetName(), r.Object, w.Object)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s %s not rendered", w.GetKind(), w.GetName())
 		}
 	}
 }
