@@ -1,0 +1,275 @@
+package fault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+)
+
+// SystemNamespace is Knative Serving's: the only namespace whose pods the faults touch.
+const SystemNamespace = "knative-serving"
+
+// Containerd reaches the containers of a node that runs on this host (the lab), through containerd's
+// ctr client in the CRI namespace.
+type Containerd struct {
+	Ctr, Address string
+}
+
+func (c Containerd) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	full := append([]string{"--address", c.Address, "--namespace", "k8s.io"}, args...)
+	if name == "" {
+		name = c.Ctr
+	} else {
+		full = args
+	}
+	cmd := exec.CommandContext(ctx, name, full...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(full, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// Kill sends SIGKILL to a container's main process (the container's task), as the kernel's OOM killer
+// or a node failure would: no SIGTERM, no drain, the pod stays and the kubelet restarts the container.
+func (c Containerd) Kill(ctx context.Context, containerID string) error {
+	_, err := c.run(ctx, "", "tasks", "kill", "--signal", "SIGKILL", containerID)
+	return err
+}
+
+// PID returns the host PID of a container's main process (to enter its network namespace).
+func (c Containerd) PID(ctx context.Context, containerID string) (int, error) {
+	out, err := c.run(ctx, "", "tasks", "ls")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == containerID {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("container %s has no task in containerd", containerID)
+}
+
+// Pods picks the targets of a fault among one component's pods in SystemNamespace.
+type Pods struct {
+	Kube kubernetes.Interface
+	// Component is the Deployment's app label and container name ("activator", "autoscaler").
+	Component string
+	Rand      *rand.Rand
+}
+
+// Ready lists the component's Ready, not terminating pods.
+func (p Pods) Ready(ctx context.Context) ([]corev1.Pod, error) {
+	list, err := p.Kube.CoreV1().Pods(SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + p.Component})
+	if err != nil {
+		return nil, err
+	}
+	var out []corev1.Pod
+	for _, pod := range list.Items {
+		if pod.DeletionTimestamp == nil && ready(&pod) && containerID(&pod, p.Component) != "" {
+			out = append(out, pod)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no Ready %s pod", p.Component)
+	}
+	return out, nil
+}
+
+// Random picks one Ready pod.
+func (p Pods) Random(ctx context.Context) (*corev1.Pod, error) {
+	pods, err := p.Ready(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pods[p.Rand.IntN(len(pods))], nil
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// containerID is the containerd ID of the pod's container name ("" when it has none running).
+func containerID(p *corev1.Pod, name string) string {
+	for _, s := range p.Status.ContainerStatuses {
+		if s.Name == name && s.State.Running != nil {
+			_, id, _ := strings.Cut(s.ContainerID, "://")
+			return id
+		}
+	}
+	return ""
+}
+
+// BucketHolder picks a random autoscaler bucket Lease (autoscaler-bucket-XX-of-YY) and returns the pod
+// holding it (the holder identity is "<pod>_<ip>") with the buckets that pod holds.
+func BucketHolder(ctx context.Context, kc kubernetes.Interface, rnd *rand.Rand) (pod string, buckets []string, err error) {
+	leases, err := kc.CoordinationV1().Leases(SystemNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", nil, err
+	}
+	holders := map[string][]string{}
+	var names []string
+	for _, l := range leases.Items {
+		if !strings.HasPrefix(l.Name, "autoscaler-bucket-") {
+			continue
+		}
+		h, _, _ := strings.Cut(ptr.Deref(l.Spec.HolderIdentity, ""), "_")
+		if h == "" {
+			continue
+		}
+		if len(holders[h]) == 0 {
+			names = append(names, h)
+		}
+		holders[h] = append(holders[h], l.Name)
+	}
+	if len(names) == 0 {
+		return "", nil, errors.New("no held autoscaler bucket lease")
+	}
+	// A random bucket, so a pod holding more buckets is picked more often, as a random key's owner is.
+	var all []string
+	for _, n := range names {
+		for range holders[n] {
+			all = append(all, n)
+		}
+	}
+	pod = all[rnd.IntN(len(all))]
+	return pod, holders[pod], nil
+}
+
+// Killer SIGKILLs a pod's container through the lab's containerd, or, without one (any other
+// cluster), deletes the pod with no grace period: the closest a client can get without node access
+// (the pod object and its IP go away too, which a real SIGKILL does not do).
+type Killer struct {
+	Kube       kubernetes.Interface
+	Containerd *Containerd // nil: force delete
+	Component  string
+}
+
+// Kill kills the named pod's component container.
+func (k Killer) Kill(ctx context.Context, podName string) (string, error) {
+	pod, err := k.Kube.CoreV1().Pods(SystemNamespace).Get(ctx, podName, metav1.GetOptions{})
+	if err != nil {
+		return podName, err
+	}
+	if k.Containerd == nil {
+		return podName + " (force delete)", k.Kube.CoreV1().Pods(SystemNamespace).Delete(ctx, podName,
+			metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	}
+	id := containerID(pod, k.Component)
+	if id == "" {
+		return podName, fmt.Errorf("pod %s has no running %s container", podName, k.Component)
+	}
+	return podName + " (SIGKILL)", k.Containerd.Kill(ctx, id)
+}
+
+// AutoscalerKill SIGKILLs the pod holding a random autoscaler bucket.
+func AutoscalerKill(k Killer, rnd *rand.Rand) Injector {
+	return InjectorFunc(func(ctx context.Context) (string, Undo, error) {
+		pod, buckets, err := BucketHolder(ctx, k.Kube, rnd)
+		if err != nil {
+			return "", nil, err
+		}
+		target, err := k.Kill(ctx, pod)
+		return fmt.Sprintf("%s holding %d buckets", target, len(buckets)), nil, err
+	})
+}
+
+// ActivatorKill SIGKILLs a random Ready activator pod.
+func ActivatorKill(k Killer, p Pods) Injector {
+	return InjectorFunc(func(ctx context.Context) (string, Undo, error) {
+		pod, err := p.Random(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		target, err := k.Kill(ctx, pod.Name)
+		return target, nil, err
+	})
+}
+
+// PodDelete deletes a random Ready pod of the component gracefully (its own termination grace).
+func PodDelete(p Pods) Injector {
+	return InjectorFunc(func(ctx context.Context) (string, Undo, error) {
+		pod, err := p.Random(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		return pod.Name + " (delete)", nil, p.Kube.CoreV1().Pods(SystemNamespace).Delete(ctx, pod.Name, metav1.DeleteOptions{})
+	})
+}
+
+// Cutoff blocks every Ready activator pod's TCP traffic to the autoscaler's port (its Service's
+// ClusterIP and the autoscaler pods' IPs) with iptables DROP rules in the activator's network
+// namespace, so the websocket stalls as behind a broken network rather than being refused. The undo
+// deletes exactly the rules added, also those of a half-done injection.
+func Cutoff(kc kubernetes.Interface, cd Containerd, activators Pods, port int) Injector {
+	return InjectorFunc(func(ctx context.Context) (string, Undo, error) {
+		var dests []string
+		if svc, err := kc.CoreV1().Services(SystemNamespace).Get(ctx, "autoscaler", metav1.GetOptions{}); err == nil && svc.Spec.ClusterIP != "" {
+			dests = append(dests, svc.Spec.ClusterIP)
+		}
+		as, err := Pods{Kube: kc, Component: "autoscaler"}.Ready(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		for _, p := range as {
+			if p.Status.PodIP != "" {
+				dests = append(dests, p.Status.PodIP)
+			}
+		}
+		pods, err := activators.Ready(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		type rule struct {
+			pid  int
+			args []string
+		}
+		var added []rule
+		undo := func(ctx context.Context) error {
+			var errs []error
+			for _, r := range added {
+				_, err := cd.nsIptables(ctx, r.pid, append([]string{"-D"}, r.args...)...)
+				errs = append(errs, err)
+			}
+			return errors.Join(errs...)
+		}
+		for _, p := range pods {
+			pid, err := cd.PID(ctx, containerID(&p, activators.Component))
+			if err != nil {
+				return "", undo, err
+			}
+			for _, d := range dests {
+				args := []string{"OUTPUT", "-p", "tcp", "-d", d, "--dport", strconv.Itoa(port), "-j", "DROP"}
+				if _, err := cd.nsIptables(ctx, pid, append([]string{"-I"}, args...)...); err != nil {
+					return "", undo, err
+				}
+				added = append(added, rule{pid, args})
+			}
+		}
+		return fmt.Sprintf("%d activators → autoscaler :%d (%d addresses)", len(pods), port, len(dests)), undo, nil
+	})
+}
+
+// nsIptables runs iptables in the network namespace of the process pid.
+func (c Containerd) nsIptables(ctx context.Context, pid int, args ...string) ([]byte, error) {
+	full := append([]string{"-t", strconv.Itoa(pid), "-n", "iptables", "-w"}, args...)
+	return c.run(ctx, "nsenter", full...)
+}
