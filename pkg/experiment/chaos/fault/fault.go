@@ -109,6 +109,7 @@ func (s Schedule) Run(ctx context.Context) (marks []Mark, err error) {
 	end := c.Now().Add(s.Duration)
 	failed := 0
 	for {
+		started := c.Now()
 		target, u, ierr := s.Injector.Inject(ctx)
 		pending, pendingTarget = u, target
 		if ierr != nil {
@@ -131,9 +132,8 @@ func (s Schedule) Run(ctx context.Context) (marks []Mark, err error) {
 		if s.Jitter > 0 {
 			next += time.Duration(rnd.Int64N(int64(2*s.Jitter))) - s.Jitter
 		}
-		if s.Hold > 0 {
-			next -= s.Hold
-		}
+		// The period runs from the injection's start, so a hold does not stretch it.
+		next -= c.Since(started)
 		if !c.Now().Add(max(next, 0)).Before(end) {
 			// Wait out the duration: the fault window is the duration, not the last injection.
 			if !sleep(ctx, c, max(0, end.Sub(c.Now()))) {
