@@ -91,6 +91,19 @@ test-upstream:
 
 .PHONY: test-upstream
 
+# Thaw's activator and autoscaler images for any cluster: static, non-root, reproducible OCI images in an
+# OCI index per component, pushed to $(REGISTRY)/activator and $(REGISTRY)/autoscaler with docker's
+# credentials (~/.docker/config.json and its helpers); the overlay then points at them by digest.
+#   make images REGISTRY=ghcr.io/me/thaw [TAG=dev] [PLATFORMS=linux/amd64,linux/arm64]
+TAG ?= dev
+PLATFORMS ?= linux/amd64
+OVERLAY ?= config/overlays/thaw/kustomization.yaml
+images:
+	@test -n "$(REGISTRY)" || { echo "usage: make images REGISTRY=<repository prefix> [TAG=$(TAG)] [PLATFORMS=$(PLATFORMS)]"; exit 2; }
+	$(GO) run ./cmd/thaw images push --registry $(REGISTRY) --tag $(TAG) --platform $(PLATFORMS) --overlay $(OVERLAY)
+
+.PHONY: images
+
 # The lab with Thaw swapped in, helloworld-go cold-started and scaled back to zero; the lab stays up.
 run:
 	$(GO) build -o $(BIN)/thaw ./cmd/thaw
