@@ -96,3 +96,9 @@ func waitAutoscalerLeads(ctx context.Context, kc kubernetes.Interface, image str
 	}
 	return nil
 }
+
+// SetConfigAutoscaler sets key in config-autoscaler for an experiment and returns the function that
+// puts the previous value back; other experiments (chaos) share it.
+func SetConfigAutoscaler(ctx context.Context, kc kubernetes.Interface, key, value string) (func(context.Context) error, error) {
+	return setConfigKey(ctx, kc, key, value)
+}
