@@ -17,7 +17,7 @@ func TestPeerSubprotocol(t *testing.T) {
 	peer := make(chan wire.StatMessage, 4)
 	h := start(t, Options{PeerSubprotocol: "thaw-peer.v1", PeerOut: peer}, 4)
 	key := types.NamespacedName{Namespace: "ns", Name: "rev"}
-	frame := wire.MarshalMessages([]wire.StatMessage{{Key: key, Stat: wire.Stat{PodName: "p", AverageConcurrentRequests: 1, Timestamp: 7}}})
+	frame := wire.MarshalMessages([]wire.StatMessage{{Key: key, Stat: wire.Stat{PodName: "p", AverageConcurrentRequests: 1, Timestamp: epoch.Unix() - 7}}})
 	for _, tc := range []struct {
 		name    string
 		proto   []string

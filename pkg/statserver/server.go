@@ -10,7 +10,11 @@
 // reconnect at once, bucket-host ownership check) and adds:
 //   - a frame size limit (1 MiB by default). An oversize frame is read through and discarded; unlike
 //     gorilla's SetReadLimit, which would close the connection, the connection lives on;
-//   - a drop counter by reason and one log line per dropped frame or entry;
+//   - a drop counter by reason, and log lines sampled per connection and reason (1st, 2nd, 4th... drop);
+//   - limits on entries per frame, open connections and the time to read a frame once begun (see
+//     limits.go), so a hostile client's memory stays bounded;
+//   - stats with a Timestamp far from the server's clock, or negative, non-finite or absurd values, are
+//     dropped and counted, so one stat cannot freeze a revision's scaling;
 //   - Timestamp stamping from an injected clock (upstream does it in main);
 //   - a clear 426 for plain HTTP requests, and a send that gives up at shutdown instead of hanging.
 package statserver
@@ -64,7 +68,7 @@ const (
 
 // dropReasons lists every drop reason, for pre-created series.
 func dropReasons() []string {
-	return []string{ReasonMalformed, ReasonText, ReasonNoStat, ReasonOversize, ReasonUnknownPeer}
+	return append([]string{ReasonMalformed, ReasonText, ReasonNoStat, ReasonOversize, ReasonUnknownPeer}, limitReasons...)
 }
 
 // Options tunes a Server. The zero value is upstream's behaviour plus a 1 MiB frame limit.
@@ -90,6 +94,19 @@ type Options struct {
 	// remote IP: a stranger claiming to be a peer is refused (403) and counted, so that only the
 	// replicas behind the autoscaler Service and the bucket holders feed the windows as peers.
 	PeerAllowed func(ip string) bool
+
+	// MaxEntriesPerFrame refuses, undecoded, a frame of more entries (0: DefaultMaxEntriesPerFrame).
+	MaxEntriesPerFrame int
+	// MaxConnections refuses (503, before upgrading) connections beyond it (0: DefaultMaxConnections).
+	MaxConnections int
+	// FrameTimeout bounds reading one frame from its first byte; the connection is closed when it runs out
+	// (0: DefaultFrameTimeout).
+	FrameTimeout time.Duration
+	// MaxTimestampSkew bounds how far a stat's Timestamp may be from the server's clock, either way (0:
+	// DefaultMaxFutureSkew ahead and DefaultMaxAge behind, in seconds).
+	MaxTimestampSkew time.Duration
+	// MaxStatValue bounds each count and concurrency of a stat (0: DefaultMaxStatValue).
+	MaxStatValue float64
 }
 
 // Server receives stats over websockets and sends them to a channel until Shutdown.
@@ -97,6 +114,7 @@ type Server struct {
 	addr     string
 	out      chan<- wire.StatMessage
 	opts     Options
+	lim      limits
 	clk      clock.PassiveClock
 	logger   *zap.SugaredLogger
 	srv      *http.Server
@@ -115,6 +133,9 @@ type Server struct {
 	conns     sync.WaitGroup
 	// unknownPeers samples the log line of refused peers.
 	unknownPeers atomic.Uint64
+	// open counts connections for MaxConnections; refused samples the log line of refusals.
+	open    atomic.Int64
+	refused atomic.Uint64
 }
 
 type metrics struct {
@@ -166,6 +187,7 @@ func New(addr string, out chan<- wire.StatMessage, opts Options, clk clock.Passi
 		addr:   addr,
 		out:    out,
 		opts:   opts,
+		lim:    resolveLimits(opts),
 		clk:    clk,
 		logger: logger,
 		m:      newMetrics(opts.Registerer, logger),
@@ -273,6 +295,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.conns.Add(1)
 	s.mu.Unlock()
 	defer s.conns.Done()
+	if s.open.Add(1) > int64(s.lim.maxConns) {
+		s.open.Add(-1)
+		s.m.dropped.WithLabelValues(ReasonTooManyConns).Inc()
+		if n := s.refused.Add(1); n&(n-1) == 0 {
+			s.logger.Warnw("Refused a stat connection: too many open", "remote", r.RemoteAddr, "limit", s.lim.maxConns, "refused", n)
+		}
+		http.Error(w, "stat server: too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.open.Add(-1)
 
 	up := s.upgrader
 	if s.opts.PeerSubprotocol != "" && s.opts.PeerOut != nil {
@@ -298,11 +330,12 @@ func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.St
 	logger := s.logger.With("remote", remote)
 	logger.Debug("Stat connection open")
 	defer conn.Close()
+	c := &connState{conn: conn, logger: logger, samples: sampler{}}
 
 	saidGoodbye := make(chan struct{})
 	stopGoodbye := context.AfterFunc(s.stopCtx, func() {
 		defer close(saidGoodbye)
-		s.goodbye(conn, logger)
+		s.goodbye(c)
 	})
 	defer func() {
 		// Let a started goodbye finish before the deferred Close, or the 1012 may never leave.
@@ -324,23 +357,27 @@ func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.St
 			return
 		}
 		buf.Reset()
+		// The frame has begun: the rest must follow within FrameTimeout, or its buffer would be pinned for
+		// as long as the client cares to keep the connection open.
+		c.frameDeadline(time.Now().Add(s.lim.frameTimeout))
 		// Read at most one byte past the limit: enough to tell an oversize frame without holding it.
 		n, err := buf.ReadFrom(io.LimitReader(r, s.opts.MaxFrameBytes+1))
 		if err != nil {
-			logger.Infow("Stat connection ended mid-frame", zap.Error(err))
+			s.endedMidFrame(c, err)
 			return
 		}
 		if n > s.opts.MaxFrameBytes {
 			rest, err := io.Copy(io.Discard, r)
-			s.m.dropped.WithLabelValues(ReasonOversize).Inc()
-			logger.Warnw("Dropped an oversize stat frame", "bytes", n+rest, "limit", s.opts.MaxFrameBytes)
+			s.drop(c, ReasonOversize, 1, "bytes", n+rest, "limit", s.opts.MaxFrameBytes)
 			if err != nil {
-				logger.Infow("Stat connection ended mid-frame", zap.Error(err))
+				s.endedMidFrame(c, err)
 				return
 			}
+			c.frameDeadline(time.Time{})
 			continue
 		}
-		if !s.handleFrame(typ, buf.Bytes(), out, logger) {
+		c.frameDeadline(time.Time{})
+		if !s.handleFrame(c, typ, buf.Bytes(), out) {
 			return
 		}
 		if buf.Cap() > 64<<10 && n < 4<<10 {
@@ -350,19 +387,29 @@ func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.St
 	}
 }
 
-// handleFrame decodes one frame and hands its stats on; false means Shutdown interrupted the send.
-func (s *Server) handleFrame(typ int, data []byte, out chan<- wire.StatMessage, logger *zap.SugaredLogger) bool {
-	msgs, noStat, drop, err := decodeFrame(typ, data, s.clk.Now().Unix())
+// handleFrame decodes one frame and hands its valid stats on; false means Shutdown interrupted the send.
+func (s *Server) handleFrame(c *connState, typ int, data []byte, out chan<- wire.StatMessage) bool {
+	if typ == websocket.BinaryMessage {
+		if n := countEntries(data, s.lim.maxEntries); n > s.lim.maxEntries {
+			s.drop(c, ReasonTooManyEntries, 1, "bytes", len(data), "limit", s.lim.maxEntries)
+			return true
+		}
+	}
+	now := s.clk.Now().Unix()
+	msgs, noStat, drop, err := decodeFrame(typ, data, now)
 	if drop != "" {
-		s.m.dropped.WithLabelValues(drop).Inc()
-		logger.Warnw("Dropped a stat frame", "reason", drop, "type", typ, "bytes", len(data), zap.Error(err))
+		s.drop(c, drop, 1, "type", typ, "bytes", len(data), zap.Error(err))
 		return true
 	}
 	if noStat > 0 {
-		s.m.dropped.WithLabelValues(ReasonNoStat).Add(float64(noStat))
-		logger.Warnw("Dropped stat entries without a stat", "count", noStat)
+		s.drop(c, ReasonNoStat, noStat)
 	}
 	for _, sm := range msgs {
+		if reason := s.lim.validate(&sm.Stat, now); reason != "" {
+			s.drop(c, reason, 1, "key", sm.Key.String(), "timestamp", sm.Stat.Timestamp,
+				"concurrency", sm.Stat.AverageConcurrentRequests, "requests", sm.Stat.RequestCount)
+			continue
+		}
 		select {
 		case out <- sm:
 			s.m.received.Inc()
@@ -396,17 +443,15 @@ func decodeFrame(typ int, data []byte, now int64) (msgs []wire.StatMessage, noSt
 
 // goodbye tells the client to reconnect (to another replica, or to us after the restart) and makes the
 // read loop end: at the client's close reply, or after the grace period.
-func (s *Server) goodbye(conn *websocket.Conn, logger *zap.SugaredLogger) {
+func (s *Server) goodbye(c *connState) {
 	s.mu.Lock()
 	deadline := s.goodbyeBy
 	s.mu.Unlock()
 	msg := websocket.FormatCloseMessage(CloseServiceRestart, "Restarting")
-	if err := conn.WriteControl(websocket.CloseMessage, msg, deadline); err != nil {
-		logger.Debugw("Could not send close message", zap.Error(err))
-		conn.Close()
+	if err := c.conn.WriteControl(websocket.CloseMessage, msg, deadline); err != nil {
+		c.logger.Debugw("Could not send close message", zap.Error(err))
+		c.conn.Close()
 		return
 	}
-	if err := conn.SetReadDeadline(deadline); err != nil {
-		conn.Close()
-	}
+	c.finalDeadline(deadline)
 }

@@ -120,7 +120,7 @@ func TestMixedFramesConnectionLivesOn(t *testing.T) {
 
 	send(t, c, websocket.BinaryMessage, upstreamFrame(t,
 		&upstream.WireStatMessage{Namespace: "ns", Name: "a", Stat: &upstream.Stat{PodName: "activator-1", AverageConcurrentRequests: 2.5}},
-		&upstream.WireStatMessage{Namespace: "ns", Name: "b", Stat: &upstream.Stat{PodName: "activator-1", RequestCount: 7, Timestamp: 123}},
+		&upstream.WireStatMessage{Namespace: "ns", Name: "b", Stat: &upstream.Stat{PodName: "activator-1", RequestCount: 7, Timestamp: epoch.Unix() - 123}},
 	))
 	send(t, c, websocket.BinaryMessage, []byte{0x0a, 0xff, 0x01, 0x02}) // truncated
 	send(t, c, websocket.TextMessage, []byte("hello"))
@@ -130,14 +130,14 @@ func TestMixedFramesConnectionLivesOn(t *testing.T) {
 	))
 	send(t, c, websocket.BinaryMessage, bytes.Repeat([]byte{0}, limit+1))
 	send(t, c, websocket.BinaryMessage, upstreamFrame(t,
-		&upstream.WireStatMessage{Namespace: "ns", Name: "after-oversize", Stat: &upstream.Stat{Timestamp: 9}},
+		&upstream.WireStatMessage{Namespace: "ns", Name: "after-oversize", Stat: &upstream.Stat{Timestamp: epoch.Unix() - 9}},
 	))
 
 	want := []wire.StatMessage{
 		{Key: types.NamespacedName{Namespace: "ns", Name: "a"}, Stat: wire.Stat{PodName: "activator-1", AverageConcurrentRequests: 2.5, Timestamp: epoch.Unix()}},
-		{Key: types.NamespacedName{Namespace: "ns", Name: "b"}, Stat: wire.Stat{PodName: "activator-1", RequestCount: 7, Timestamp: 123}},
+		{Key: types.NamespacedName{Namespace: "ns", Name: "b"}, Stat: wire.Stat{PodName: "activator-1", RequestCount: 7, Timestamp: epoch.Unix() - 123}},
 		{Key: types.NamespacedName{Namespace: "ns", Name: "c"}, Stat: wire.Stat{PodName: "p", Timestamp: epoch.Unix()}},
-		{Key: types.NamespacedName{Namespace: "ns", Name: "after-oversize"}, Stat: wire.Stat{Timestamp: 9}},
+		{Key: types.NamespacedName{Namespace: "ns", Name: "after-oversize"}, Stat: wire.Stat{Timestamp: epoch.Unix() - 9}},
 	}
 	for i, w := range want {
 		if got := h.next(t); got != w {
@@ -156,7 +156,7 @@ func TestMixedFramesConnectionLivesOn(t *testing.T) {
 	}
 
 	// Still the same connection: a frame right at the limit is accepted.
-	msgs := []wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "big"}, Stat: wire.Stat{Timestamp: 1}}}
+	msgs := []wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "big"}, Stat: wire.Stat{Timestamp: epoch.Unix() - 1}}}
 	frame := wire.MarshalMessages(msgs)
 	pad := limit - len(frame) - 3 // an unknown field 15 of wire type bytes, 2-byte length
 	frame = append(frame, 0x7a, byte(pad&0x7f|0x80), byte(pad>>7))
@@ -174,7 +174,7 @@ func TestDefaultLimitIsOneMiB(t *testing.T) {
 	h := start(t, Options{}, 4)
 	c := h.dial(t, "/", nil)
 	send(t, c, websocket.BinaryMessage, make([]byte, DefaultMaxFrameBytes+1))
-	send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "n", Name: "r"}, Stat: wire.Stat{Timestamp: 5}}}))
+	send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "n", Name: "r"}, Stat: wire.Stat{Timestamp: epoch.Unix() - 5}}}))
 	if got := h.next(t); got.Key.Name != "r" {
 		t.Fatalf("got %+v", got)
 	}
@@ -192,7 +192,7 @@ func TestBackpressure(t *testing.T) {
 	writerDone := make(chan error, 1)
 	go func() {
 		for i := range frames {
-			f := wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "r"}, Stat: wire.Stat{PodName: pod, Timestamp: int64(i + 1)}}})
+			f := wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "r"}, Stat: wire.Stat{PodName: pod, RequestCount: float64(i + 1)}}})
 			if err := c.WriteMessage(websocket.BinaryMessage, f); err != nil {
 				writerDone <- err
 				return
@@ -213,8 +213,8 @@ func TestBackpressure(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	for i := range frames {
-		if got := h.next(t); got.Stat.Timestamp != int64(i+1) {
-			t.Fatalf("message %d has timestamp %d: lost or reordered", i, got.Stat.Timestamp)
+		if got := h.next(t); got.Stat.RequestCount != float64(i+1) {
+			t.Fatalf("message %d has request count %v: lost or reordered", i, got.Stat.RequestCount)
 		}
 	}
 	if err := <-writerDone; err != nil {
@@ -243,7 +243,7 @@ func TestShutdownSends1012(t *testing.T) {
 			}
 			defer c.Close()
 			if tc.blocked {
-				send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: 1}}}))
+				send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: epoch.Unix()}}}))
 			}
 			// The client answers the close frame (gorilla's default close handler) while it reads.
 			closeErr := make(chan error, 1)
@@ -342,8 +342,8 @@ func TestHTTP(t *testing.T) {
 	})
 	t.Run("bucket owned", func(t *testing.T) {
 		c := h.dial(t, "/", http.Header{"Host": {"autoscaler-bucket-00-of-02.knative-serving.svc.cluster.local:8080"}})
-		send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: 3}}}))
-		if got := h.next(t); got.Stat.Timestamp != 3 {
+		send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: epoch.Unix() - 3}}}))
+		if got := h.next(t); got.Stat.Timestamp != epoch.Unix()-3 {
 			t.Fatalf("got %+v", got)
 		}
 	})
@@ -357,7 +357,7 @@ func TestMetricsRegistered(t *testing.T) {
 	h := start(t, Options{Registerer: reg}, 1)
 	c := h.dial(t, "/", nil)
 	send(t, c, websocket.TextMessage, []byte("x"))
-	send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: 1}}}))
+	send(t, c, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: epoch.Unix()}}}))
 	h.next(t)
 	families, err := reg.Gather()
 	if err != nil {
