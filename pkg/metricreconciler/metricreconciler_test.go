@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,5 +214,43 @@ func TestRunProcessesQueue(t *testing.T) {
 	factory.Shutdown()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
+	}
+}
+
+// A replica that does not hold the Metric's bucket keeps its collection (the windows stay warm for a
+// hand-over) but leaves the status to the holder; once it holds the bucket, it writes it.
+func TestReconcileOnlyHolderWritesStatus(t *testing.T) {
+	col := &fakeCollector{}
+	client := fakeserving.NewSimpleClientset()
+	inf := servinginformers.NewSharedInformerFactory(client, 0).Autoscaling().V1alpha1().Metrics()
+	m := metric()
+	if _, err := client.AutoscalingV1alpha1().Metrics(m.Namespace).Create(context.Background(), m, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := inf.Informer().GetIndexer().Add(m); err != nil {
+		t.Fatal(err)
+	}
+	var holds atomic.Bool
+	r, err := New(Deps{Client: client, Metrics: inf, Collector: col, Logger: zaptest.NewLogger(t).Sugar(),
+		Owns: func(types.NamespacedName) bool { return holds.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.ClearActions()
+	if err := r.Reconcile(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := col.cfgs[key]; !ok {
+		t.Fatal("no collection on a replica without the bucket")
+	}
+	if n := len(statusUpdates(client)); n != 0 {
+		t.Fatalf("%d status writes by a replica without the bucket", n)
+	}
+	holds.Store(true)
+	if err := r.Reconcile(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(statusUpdates(client)); n != 1 {
+		t.Fatalf("%d status writes by the holder, want 1", n)
 	}
 }
