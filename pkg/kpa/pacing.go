@@ -72,15 +72,18 @@ func newPacing(r *Reconciler) (*pacing, error) {
 	}
 	// A deleted PA's wake-up must not hold capacity until it expires.
 	if _, err := r.d.PodAutoscalers.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		DeleteFunc: func(obj any) {
-			if m, ok := unwrap(obj); ok {
-				pc.release(pc.p.Forget(r.d.Clock.Now(), types.NamespacedName{Namespace: m.GetNamespace(), Name: m.GetName()}))
-			}
-		},
+		DeleteFunc: pc.paDeleted,
 	}); err != nil {
 		return nil, fmt.Errorf("adding pacing PA handler: %w", err)
 	}
 	return pc, nil
+}
+
+// paDeleted forgets a deleted PA's wake-up.
+func (pc *pacing) paDeleted(obj any) {
+	if m, ok := unwrap(obj); ok {
+		pc.release(pc.p.Forget(pc.r.d.Clock.Now(), types.NamespacedName{Namespace: m.GetNamespace(), Name: m.GetName()}))
+	}
 }
 
 // pod tells the pacer about a revision pod's state.

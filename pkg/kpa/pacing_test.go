@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	nv1alpha1 "knative.dev/networking/pkg/apis/networking/v1alpha1"
 
 	"github.com/thaw-dev/thaw/pkg/decider"
@@ -153,5 +154,19 @@ func TestPacedWakeWithdrawn(t *testing.T) {
 	}
 	if st := h.r.pacing.p.Stats(h.clock.Now()); st.Queued != 0 || st.Starting != 1 {
 		t.Fatalf("stats %+v after the decider wants 0, want nothing queued and only the other pod starting", st)
+	}
+}
+
+// TestPacedWakeForgottenWithItsPA: a deleted PA's wake-up leaves the pacer.
+func TestPacedWakeForgottenWithItsPA(t *testing.T) {
+	h := pacedHarness(t)
+	h.r.wakeOne(context.Background(), key)
+	pa, err := h.r.paLister.PodAutoscalers(key.Namespace).Get(key.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.r.pacing.paDeleted(cache.DeletedFinalStateUnknown{Key: key.String(), Obj: pa})
+	if st := h.r.pacing.p.Stats(h.clock.Now()); st.Queued != 0 {
+		t.Fatalf("queued %d after the PA was deleted, want 0", st.Queued)
 	}
 }
