@@ -24,6 +24,7 @@ func groups() map[string]map[string]command {
 	return map[string]map[string]command{
 		"lab":    labCommands(),
 		"images": imagesCommands(),
+		"chaos":  chaosCommands(),
 	}
 }
 
