@@ -118,15 +118,16 @@ func containerID(p *corev1.Pod, name string) string {
 	return ""
 }
 
-// BucketHolder picks a random autoscaler bucket Lease (autoscaler-bucket-XX-of-YY) and returns the pod
-// holding it (the holder identity is "<pod>_<ip>") with the buckets that pod holds.
-func BucketHolder(ctx context.Context, kc kubernetes.Interface, rnd *rand.Rand) (pod string, buckets []string, err error) {
+// BucketHolders returns the pods holding autoscaler bucket Leases (autoscaler-bucket-XX-of-YY; the
+// holder identity is "<pod>_<ip>") with their buckets, in a random order weighted by the buckets
+// each holds, as a random key's owner would be picked.
+func BucketHolders(ctx context.Context, kc kubernetes.Interface, rnd *rand.Rand) (pods []string, buckets map[string][]string, err error) {
 	leases, err := kc.CoordinationV1().Leases(SystemNamespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
-	holders := map[string][]string{}
-	var names []string
+	buckets = map[string][]string{}
+	var draws []string // one entry per held bucket
 	for _, l := range leases.Items {
 		if !strings.HasPrefix(l.Name, "autoscaler-bucket-") {
 			continue
@@ -135,23 +136,21 @@ func BucketHolder(ctx context.Context, kc kubernetes.Interface, rnd *rand.Rand) 
 		if h == "" {
 			continue
 		}
-		if len(holders[h]) == 0 {
-			names = append(names, h)
+		buckets[h] = append(buckets[h], l.Name)
+		draws = append(draws, h)
+	}
+	if len(draws) == 0 {
+		return nil, nil, errors.New("no held autoscaler bucket lease")
+	}
+	rnd.Shuffle(len(draws), func(i, j int) { draws[i], draws[j] = draws[j], draws[i] })
+	seen := map[string]bool{}
+	for _, d := range draws {
+		if !seen[d] {
+			seen[d] = true
+			pods = append(pods, d)
 		}
-		holders[h] = append(holders[h], l.Name)
 	}
-	if len(names) == 0 {
-		return "", nil, errors.New("no held autoscaler bucket lease")
-	}
-	// A random bucket, so a pod holding more buckets is picked more often, as a random key's owner is.
-	var all []string
-	for _, n := range names {
-		for range holders[n] {
-			all = append(all, n)
-		}
-	}
-	pod = all[rnd.IntN(len(all))]
-	return pod, holders[pod], nil
+	return pods, buckets, nil
 }
 
 // Killer SIGKILLs a pod's container through the lab's containerd, or, without one (any other
@@ -180,15 +179,23 @@ func (k Killer) Kill(ctx context.Context, podName string) (string, error) {
 	return podName + " (SIGKILL)", k.Containerd.Kill(ctx, id)
 }
 
-// AutoscalerKill SIGKILLs the pod holding a random autoscaler bucket.
+// AutoscalerKill SIGKILLs the pod holding a random autoscaler bucket. A Lease still names a holder
+// whose container is down (waiting out a crash back-off) until it expires: such a pod is skipped.
 func AutoscalerKill(k Killer, rnd *rand.Rand) Injector {
 	return InjectorFunc(func(ctx context.Context) (string, Undo, error) {
-		pod, buckets, err := BucketHolder(ctx, k.Kube, rnd)
+		pods, buckets, err := BucketHolders(ctx, k.Kube, rnd)
 		if err != nil {
 			return "", nil, err
 		}
-		target, err := k.Kill(ctx, pod)
-		return fmt.Sprintf("%s holding %d buckets", target, len(buckets)), nil, err
+		var errs []error
+		for _, pod := range pods {
+			target, err := k.Kill(ctx, pod)
+			if err == nil {
+				return fmt.Sprintf("%s holding %d buckets", target, len(buckets[pod])), nil, nil
+			}
+			errs = append(errs, err)
+		}
+		return "", nil, errors.Join(errs...)
 	})
 }
 
