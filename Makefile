@@ -91,6 +91,20 @@ test-upstream:
 
 .PHONY: test-upstream
 
+# Chaos scenarios on the lab (root): each fault under a steady and a cold load, with upstream's activator
+# and autoscaler and then Thaw's; every request accounted, report in $(BIN)/chaos (CSV, JSON, timeline
+# plot, table). Brings the lab up (or reuses a running one) and down at the end unless THAW_KEEP_LAB=1.
+# CHAOS_SCENARIOS and CHAOS_FLAGS (e.g. --duration 2m) select; see the README's "Chaos".
+CHAOS_SCENARIOS ?= autoscaler-kill activator-kill activator-delete autoscaler-cutoff
+CHAOS_FLAGS ?=
+chaos:
+	$(GO) build -o $(BIN)/ ./cmd/thaw
+	$(BIN)/thaw lab up
+	rc=0; $(BIN)/thaw chaos run --compare --out $(BIN)/chaos $(CHAOS_FLAGS) $(CHAOS_SCENARIOS) || rc=$$?; \
+	  [ "$$THAW_KEEP_LAB" = 1 ] || $(BIN)/thaw lab down; exit $$rc
+
+.PHONY: chaos
+
 # Thaw's activator and autoscaler images for any cluster: static, non-root, reproducible OCI images in an
 # OCI index per component, pushed to $(REGISTRY)/activator and $(REGISTRY)/autoscaler with docker's
 # credentials (~/.docker/config.json and its helpers); the overlay then points at them by digest.
