@@ -1,0 +1,57 @@
+package runner
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thaw-dev/thaw/pkg/experiment/chaos/fault"
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
+	"github.com/thaw-dev/thaw/pkg/lab/swap"
+)
+
+func TestValidate(t *testing.T) {
+	cutoff, _ := ScenarioByName("autoscaler-cutoff")
+	kill, _ := ScenarioByName("autoscaler-kill")
+	good := func() Options {
+		return Options{Client: &kube.Client{}, Namespace: "chaos", Image: "app", Ingress: "10.88.0.1:80",
+			Scenarios: []Scenario{kill}, Duration: time.Minute, Period: 20 * time.Second, Rate: 10, ColdServices: 6,
+			ColdEvery: 5 * time.Second, Timeout: time.Minute, Sides: []Side{{Name: "thaw"}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		mod     func(*Options)
+		wantErr string
+	}{
+		{name: "valid", mod: func(*Options) {}},
+		{name: "the cut-off needs the lab's node", mod: func(o *Options) { o.Scenarios = []Scenario{cutoff} }, wantErr: "needs the lab"},
+		{name: "the cut-off on the lab", mod: func(o *Options) {
+			o.Scenarios = []Scenario{cutoff}
+			o.Containerd = &fault.Containerd{}
+		}},
+		{name: "no scenario", mod: func(o *Options) { o.Scenarios = nil }, wantErr: "no scenario"},
+		{name: "a side to swap in without a swap", mod: func(o *Options) { o.Sides = []Side{{Name: "thaw", Images: swap.Images{}}} }, wantErr: "no way to swap"},
+		{name: "zero duration", mod: func(o *Options) { o.Duration = 0 }, wantErr: "must be positive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := good()
+			tc.mod(&o)
+			err := o.validate()
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("validate() = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestScenarios(t *testing.T) {
+	for _, s := range Scenarios {
+		got, ok := ScenarioByName(s.Name)
+		if !ok || got.Name != s.Name || s.SLO <= 0 || s.SLO > 1 {
+			t.Errorf("scenario %q: %+v %v", s.Name, got, ok)
+		}
+	}
+	if _, ok := ScenarioByName("apiserver-outage"); ok {
+		t.Error("an unknown scenario was found")
+	}
+}
