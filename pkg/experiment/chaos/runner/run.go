@@ -234,8 +234,13 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 	mu.Unlock()
 	if ferr != nil {
 		rr.Err = ferr.Error()
-		finish()
-		return rr, ferr
+		if ctx.Err() != nil {
+			finish()
+			return rr, ferr
+		}
+		// The faults stopped early (targets missing, an undo failed): the requests still count, and
+		// the other scenarios and sides still run; the error is in the report.
+		r.progress("[%s/%s] faults stopped early: %v", side.Name, sc.Name, ferr)
 	}
 	r.progress("[%s/%s] faults over, %s of recovery", side.Name, sc.Name, o.After)
 	ok := sleep(ctx, o, o.After)
