@@ -2,6 +2,7 @@ package statserver
 
 import (
 	"errors"
+	"io"
 	"math"
 	"math/bits"
 	"net"
@@ -40,6 +41,11 @@ const (
 	// million requests at once or in one reporting second, and one such value would hold a revision at
 	// its maximum scale for a whole stable window.
 	DefaultMaxStatValue = 1e6
+	// DefaultMaxFrameMemory bounds the frames held at once over all connections. Honest frames are a few
+	// KiB and handled at once; 64 MiB (128 MiB of buffers at worst, as they grow by doubling) keeps
+	// connections that each start a 1 MiB frame and stall from taking the autoscaler's memory (1000 Mi
+	// upstream) before FrameTimeout cuts them.
+	DefaultMaxFrameMemory = 64 << 20
 )
 
 // Drop reasons of the limits and of stat validation.
@@ -51,11 +57,12 @@ const (
 	ReasonNonFinite      = "non_finite_value"
 	ReasonNegative       = "negative_value"
 	ReasonHuge           = "huge_value"
+	ReasonMemoryBudget   = "frame_memory_budget"
 )
 
 // limitReasons are pre-created so dashboards see zeros.
 var limitReasons = []string{ReasonTooManyEntries, ReasonTooManyConns, ReasonFrameTimeout, ReasonBadTimestamp,
-	ReasonNonFinite, ReasonNegative, ReasonHuge}
+	ReasonNonFinite, ReasonNegative, ReasonHuge, ReasonMemoryBudget}
 
 // limits are the resolved limit options of a Server.
 type limits struct {
@@ -65,6 +72,7 @@ type limits struct {
 	maxFutureSkew int64
 	maxAge        int64
 	maxStatValue  float64
+	frameMemory   int64
 }
 
 func resolveLimits(o Options) limits {
@@ -85,6 +93,10 @@ func resolveLimits(o Options) limits {
 	}
 	if l.maxStatValue <= 0 {
 		l.maxStatValue = DefaultMaxStatValue
+	}
+	l.frameMemory = o.MaxFrameMemory
+	if l.frameMemory <= 0 {
+		l.frameMemory = DefaultMaxFrameMemory
 	}
 	return l
 }
@@ -198,4 +210,29 @@ func (s *Server) endedMidFrame(c *connState, err error) {
 		return
 	}
 	c.logger.Infow("Stat connection ended mid-frame", zap.Error(err))
+}
+
+var errOverBudget = errors.New("statserver: frames being read exceed the server's memory budget")
+
+// budgetReader counts what one frame read against the server's frame memory budget, until release.
+type budgetReader struct {
+	r    io.Reader
+	s    *Server
+	held int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.held += int64(n)
+		if b.s.frameBytes.Add(int64(n)) > b.s.lim.frameMemory {
+			return n, errOverBudget
+		}
+	}
+	return n, err
+}
+
+func (b *budgetReader) release() {
+	b.s.frameBytes.Add(-b.held)
+	b.held = 0
 }

@@ -155,6 +155,35 @@ func TestFrameTimeout(t *testing.T) {
 	}
 }
 
+// TestFrameMemoryBudget: frames being read count against one server-wide budget; the connection whose
+// frame would go over it is closed, and the budget comes back when a stalled frame's connection ends.
+func TestFrameMemoryBudget(t *testing.T) {
+	h := start(t, Options{MaxFrameMemory: 1 << 20}, 4)
+	first := h.dial(t, "/", nil)
+	if _, err := first.UnderlyingConn().Write(halfFrame(1<<20, 768<<10)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "first frame held", func() bool { return h.s.frameBytes.Load() == 768<<10 })
+	second := h.dial(t, "/", nil)
+	if _, err := second.UnderlyingConn().Write(halfFrame(1<<20, 512<<10)); err != nil {
+		t.Fatal(err)
+	}
+	second.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := second.NextReader(); err == nil {
+		t.Fatal("the connection over the budget is still open")
+	}
+	if d := h.dropped(ReasonMemoryBudget); d != 1 {
+		t.Fatalf("dropped{frame_memory_budget} = %v, want 1", d)
+	}
+	first.Close()
+	testutil.Eventually(t, "budget back", func() bool { return h.s.frameBytes.Load() == 0 })
+	third := h.dial(t, "/", nil)
+	send(t, third, websocket.BinaryMessage, wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "after"}}}))
+	if m := h.next(t); m.Key.Name != "after" {
+		t.Fatalf("got %+v", m)
+	}
+}
+
 // TestLogSampling: a connection sending garbage all the time logs at the 1st, 2nd, 4th... drop of each
 // reason; another connection has its own samples.
 func TestLogSampling(t *testing.T) {
@@ -211,47 +240,79 @@ func heapInUse() uint64 {
 	return ms.HeapInuse
 }
 
-// BenchmarkHostileConnections opens connections that each start a 1 MiB frame and send half of it, and
-// reports the server's heap per connection while they are pinned (bytes/conn-pinned) and once the frame
-// timeout cut them (bytes/conn-after-timeout).
+// BenchmarkHostileConnections opens connections that each misbehave, and reports the server's heap per
+// connection while they hold it (bytes/conn-held) and once the server cut them or they went quiet
+// (bytes/conn-after), and what an open idle connection costs, both ends (bytes/conn-idle-both-ends):
+//   - half-frame: starts a 1 MiB frame, sends half and stalls, until the frame timeout;
+//   - whole-frame-then-idle: sends a whole 1 MiB frame of padding, then stays open and quiet.
 func BenchmarkHostileConnections(b *testing.B) {
 	const conns = 64
 	const timeout = 300 * time.Millisecond
-	half := halfFrame(1<<20, 512<<10)
-	for range b.N {
-		out := make(chan wire.StatMessage, 1)
-		s := New("unused", out, Options{FrameTimeout: timeout}, clocktesting.NewFakeClock(epoch), zap.NewNop().Sugar())
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		go s.Serve(l)
-		base := heapInUse()
-		var cs []*websocket.Conn
-		for range conns {
-			c, _, err := websocket.DefaultDialer.Dial("ws://"+l.Addr().String()+"/", nil)
-			if err != nil {
-				b.Fatal(err)
+	whole := wire.MarshalMessages([]wire.StatMessage{{Key: types.NamespacedName{Namespace: "ns", Name: "r"}}})
+	pad := DefaultMaxFrameBytes - len(whole) - 4 // an unknown field 15 of wire type bytes, 3-byte length
+	whole = append(whole, 0x7a, byte(pad&0x7f|0x80), byte(pad>>7&0x7f|0x80), byte(pad>>14))
+	whole = append(whole, make([]byte, pad)...)
+	for _, tc := range []struct {
+		name string
+		act  func(c *websocket.Conn) error
+		cut  bool
+	}{
+		{name: "half-frame", cut: true, act: func(c *websocket.Conn) error {
+			_, err := c.UnderlyingConn().Write(halfFrame(1<<20, 512<<10))
+			return err
+		}},
+		{name: "whole-frame-then-idle", act: func(c *websocket.Conn) error {
+			return c.WriteMessage(websocket.BinaryMessage, whole)
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				out := make(chan wire.StatMessage, conns)
+				s := New("unused", out, Options{FrameTimeout: timeout}, clocktesting.NewFakeClock(epoch), zap.NewNop().Sugar())
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					b.Fatal(err)
+				}
+				go s.Serve(l)
+				empty := heapInUse()
+				var cs []*websocket.Conn
+				for range conns {
+					c, _, err := websocket.DefaultDialer.Dial("ws://"+l.Addr().String()+"/", nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					cs = append(cs, c)
+				}
+				base := heapInUse() // the connections, open and idle
+				for _, c := range cs {
+					if err := tc.act(c); err != nil {
+						b.Fatal(err)
+					}
+				}
+				// Let the server read what was sent (well inside the timeout).
+				time.Sleep(timeout / 3)
+				held := heapInUse()
+				if tc.cut {
+					for _, c := range cs {
+						c.SetReadDeadline(time.Now().Add(10 * time.Second))
+						c.NextReader() // ends when the server cuts the connection
+					}
+				} else {
+					for range conns {
+						<-out
+					}
+				}
+				after := heapInUse()
+				// Both ends live in this process: the idle figure includes the client's side.
+				b.ReportMetric(float64(int64(base)-int64(empty))/conns, "bytes/conn-idle-both-ends")
+				b.ReportMetric(float64(int64(held)-int64(base))/conns, "bytes/conn-held")
+				b.ReportMetric(float64(int64(after)-int64(base))/conns, "bytes/conn-after")
+				for _, c := range cs {
+					c.Close()
+				}
+				s.Shutdown(b.Context())
 			}
-			if _, err := c.UnderlyingConn().Write(half); err != nil {
-				b.Fatal(err)
-			}
-			cs = append(cs, c)
-		}
-		// Let the server read what was sent (well inside the timeout).
-		time.Sleep(timeout / 3)
-		pinned := heapInUse()
-		for _, c := range cs {
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			c.NextReader() // ends when the server cuts the connection
-		}
-		after := heapInUse()
-		b.ReportMetric(float64(int64(pinned)-int64(base))/conns, "bytes/conn-pinned")
-		b.ReportMetric(float64(int64(after)-int64(base))/conns, "bytes/conn-after-timeout")
-		for _, c := range cs {
-			c.Close()
-		}
-		s.Shutdown(b.Context())
+		})
 	}
 }
 

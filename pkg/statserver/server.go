@@ -107,6 +107,9 @@ type Options struct {
 	MaxTimestampSkew time.Duration
 	// MaxStatValue bounds each count and concurrency of a stat (0: DefaultMaxStatValue).
 	MaxStatValue float64
+	// MaxFrameMemory bounds the bytes of frames read or handled at once over all connections; a
+	// connection whose frame would go beyond it is closed (0: DefaultMaxFrameMemory).
+	MaxFrameMemory int64
 }
 
 // Server receives stats over websockets and sends them to a channel until Shutdown.
@@ -136,6 +139,8 @@ type Server struct {
 	// open counts connections for MaxConnections; refused samples the log line of refusals.
 	open    atomic.Int64
 	refused atomic.Uint64
+	// frameBytes counts the bytes of frames being read or handled, for MaxFrameMemory.
+	frameBytes atomic.Int64
 }
 
 type metrics struct {
@@ -360,13 +365,21 @@ func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.St
 		// The frame has begun: the rest must follow within FrameTimeout, or its buffer would be pinned for
 		// as long as the client cares to keep the connection open.
 		c.frameDeadline(time.Now().Add(s.lim.frameTimeout))
-		// Read at most one byte past the limit: enough to tell an oversize frame without holding it.
-		n, err := buf.ReadFrom(io.LimitReader(r, s.opts.MaxFrameBytes+1))
+		// Read at most one byte past the limit: enough to tell an oversize frame without holding it. The
+		// bytes held count against the server-wide budget until the frame is handled.
+		fr := &budgetReader{r: io.LimitReader(r, s.opts.MaxFrameBytes+1), s: s}
+		n, err := buf.ReadFrom(fr)
 		if err != nil {
+			fr.release()
+			if errors.Is(err, errOverBudget) {
+				s.drop(c, ReasonMemoryBudget, 1, "budget", s.lim.frameMemory)
+				return
+			}
 			s.endedMidFrame(c, err)
 			return
 		}
 		if n > s.opts.MaxFrameBytes {
+			fr.release()
 			rest, err := io.Copy(io.Discard, r)
 			s.drop(c, ReasonOversize, 1, "bytes", n+rest, "limit", s.opts.MaxFrameBytes)
 			if err != nil {
@@ -377,11 +390,13 @@ func (s *Server) receive(conn *websocket.Conn, remote string, out chan<- wire.St
 			continue
 		}
 		c.frameDeadline(time.Time{})
-		if !s.handleFrame(c, typ, buf.Bytes(), out) {
+		ok := s.handleFrame(c, typ, buf.Bytes(), out)
+		fr.release()
+		if !ok {
 			return
 		}
-		if buf.Cap() > 64<<10 && n < 4<<10 {
-			// Don't pin a large buffer for a connection that sent one big frame long ago.
+		if buf.Cap() > 64<<10 {
+			// Don't pin a large buffer on a connection between frames: it may stay quiet for hours.
 			buf = bytes.Buffer{}
 		}
 	}
