@@ -255,6 +255,10 @@ func Wait(ctx context.Context, kc kubernetes.Interface, want Images, o Options) 
 			if got != img {
 				return fmt.Errorf("deployment %s runs %q, want %q (changed by someone else?)", c, got, img)
 			}
+			if d.Status.ObservedGeneration < d.Generation {
+				pending = fmt.Sprintf("deployment %s: generation %d not seen by its controller yet", c, d.Generation)
+				break
+			}
 			if !RolledOut(d) {
 				pending = fmt.Sprintf("deployment %s: %d/%d updated, %d available, %d total", c,
 					d.Status.UpdatedReplicas, replicas(d), d.Status.AvailableReplicas, d.Status.Replicas)

@@ -189,7 +189,9 @@ func TestWait(t *testing.T) {
 		}
 		clk := clocktesting.NewFakeClock(time.Unix(0, 0))
 		done := make(chan error, 1)
-		go func() { done <- Wait(ctx, kc, upstream, Options{Clock: clk, Interval: time.Second, Timeout: 10 * time.Second}) }()
+		go func() {
+			done <- Wait(ctx, kc, upstream, Options{Clock: clk, Interval: time.Second, Timeout: 10 * time.Second})
+		}()
 		if err := step(t, clk, time.Second, done, nil); err == nil || !strings.Contains(err.Error(), "rollout not done") {
 			t.Fatalf("Wait = %v", err)
 		}

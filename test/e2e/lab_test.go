@@ -332,6 +332,7 @@ func TestZZDownRestoresHost(t *testing.T) {
 	if lab.stack == nil {
 		t.Skip("no lab")
 	}
+	t.Run("SwapCLI", testSwapCLI) // swap_cli_test.go, on the lab before it goes down
 	ctx := context.Background()
 	t0 := time.Now()
 	err := lab.stack.Down(ctx)
