@@ -214,7 +214,7 @@ func FuzzHandleFrame(f *testing.F) {
 	f.Add(wire.MarshalMessages([]wire.StatMessage{{Stat: wire.Stat{Timestamp: epoch.Unix(), RequestCount: 5}}}))
 	const maxEntries = 8
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out := make(chan wire.StatMessage, 1<<16)
+		out := make(chan wire.StatMessage, 2*maxEntries) // more than may come out: a send never blocks
 		s := New("unused", out, Options{MaxEntriesPerFrame: maxEntries}, clocktesting.NewFakeClock(epoch), zap.NewNop().Sugar())
 		c := &connState{logger: zap.NewNop().Sugar(), samples: sampler{}}
 		if !s.handleFrame(c, websocket.BinaryMessage, data, out) {
