@@ -1,12 +1,13 @@
 // Package observability reads config-observability and sets up what it
-// turns on: the Prometheus metrics endpoint, runtime profiling and
-// OpenTelemetry tracing.
+// turns on: the Prometheus metrics endpoint, OTLP metrics export, runtime
+// profiling and OpenTelemetry tracing.
 package observability
 
 import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Protocols accepted in config-observability.
@@ -21,9 +22,13 @@ const (
 // Config is the part of config-observability the activator uses.
 type Config struct {
 	// MetricsProtocol is none, prometheus, grpc or http/protobuf. Thaw always
-	// serves Prometheus on the metrics port whatever it says (see Serve).
+	// serves Prometheus on the metrics port whatever it says (see Serve); grpc
+	// and http/protobuf also push OTLP to MetricsEndpoint (NewMetricsExport).
 	MetricsProtocol string
 	MetricsEndpoint string
+	// MetricsExportInterval is metrics-export-interval; 0 is the OTel SDK's
+	// default (60 s, or OTEL_METRIC_EXPORT_INTERVAL).
+	MetricsExportInterval time.Duration
 	// TracingProtocol is none, grpc, http/protobuf or stdout.
 	TracingProtocol     string
 	TracingEndpoint     string
@@ -53,6 +58,13 @@ func NewConfigFromMap(data map[string]string) (*Config, error) {
 		}
 	}
 	c.MetricsEndpoint = data["metrics-endpoint"]
+	if v, ok := data["metrics-export-interval"]; ok && v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("metrics-export-interval: want a duration like 30s, got %q", v)
+		}
+		c.MetricsExportInterval = d
+	}
 	if v, ok := data["tracing-protocol"]; ok && v != "" {
 		switch v {
 		case ProtocolNone, ProtocolGRPC, ProtocolHTTP, ProtocolStdout:
