@@ -200,6 +200,10 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	store := revisions.NewStore(serving, 0, logger.Named("revisions"))
 	store.OnUpsert(func(i *revisions.Info) {
 		thr.UpsertRevision(i.ID, throttler.RevisionConfig{ContainerConcurrency: i.ContainerConcurrency, QueueDepth: e.QueueDepth})
+		if i.CannotStart != "" && !thr.Routable(i.ID) {
+			// Requests buffered for a revision at zero that cannot start learn it now, not at their timeout.
+			thr.FailWaiting(i.ID, &activator.CannotStartError{Revision: i.ID, Reason: i.CannotStart})
+		}
 	})
 	store.OnDelete(func(id types.NamespacedName) {
 		thr.DeleteRevision(id)
@@ -266,6 +270,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	hcfg.PassthroughLB = passthrough
 	hcfg.RequestLog = requestLog
 	hcfg.ColdStarts = coldStarts
+	hcfg.Routable = thr.Routable // fail fast for revisions that cannot start
 	hcfg.Logger = logger
 	handler := activator.NewHandler(hcfg)
 

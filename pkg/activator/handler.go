@@ -45,6 +45,22 @@ const (
 // QueueFullBody is the body of the 503 answered when a revision's queue is full.
 const QueueFullBody = "pending request queue full"
 
+// CannotStartRetryAfter is the Retry-After, in seconds, of the 503 for a revision that cannot start:
+// short, since the revision may recover (an image pushed, a node added) at any moment.
+const CannotStartRetryAfter = 5
+
+// CannotStartError answers a request for a revision at zero that cannot become ready. The Throttler's
+// waiters get it when the Revision reports the failure (see Throttler.FailWaiting).
+type CannotStartError struct {
+	Revision types.NamespacedName
+	// Reason is revisions.Info.CannotStart.
+	Reason string
+}
+
+func (e *CannotStartError) Error() string {
+	return fmt.Sprintf("revision %s cannot start: %s", e.Revision, e.Reason)
+}
+
 // Throttler waits for capacity of a revision and calls fn with a pod address.
 type Throttler interface {
 	// UpsertRevision is called before each Try with the revision's current
@@ -90,6 +106,11 @@ type Config struct {
 	Metrics       *Metrics
 	// RequestLog, if set, logs each proxied request from its template.
 	RequestLog *RequestLogger
+	// Routable, if set, enables failing fast: a request for a revision whose Info says it cannot start
+	// (revisions.Info.CannotStart) and that has no routable pod here gets 503 with the reason and
+	// Retry-After at once, instead of waiting for its timeout. The request is still counted, so the
+	// autoscaler keeps trying to start the revision and requests recover as soon as it can.
+	Routable func(types.NamespacedName) bool
 	// ColdStarts, if set, times the requests that arrive while their
 	// revision has no routable pod, and answers coldstart.RequestHeader.
 	ColdStarts *coldstart.Tracker
@@ -291,6 +312,10 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 	active := h.cfg.Metrics.active.WithLabelValues(rev.Namespace, rev.Name)
 	h.cfg.Throttler.UpsertRevision(rev, throttler.RevisionConfig{ContainerConcurrency: info.ContainerConcurrency, QueueDepth: h.cfg.QueueDepth})
 	info.Release()
+	if info.CannotStart != "" && h.cfg.Routable != nil && !h.cfg.Routable(rev) {
+		h.writeTryError(w, r, rev, &CannotStartError{Revision: rev, Reason: info.CannotStart})
+		return
+	}
 	queued.Inc()
 	dequeued := false
 
@@ -355,7 +380,11 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 // writeTryError answers a request that never got a pod. If a timeout already
 // answered (504), the writer drops this.
 func (h *handler) writeTryError(w http.ResponseWriter, r *http.Request, rev types.NamespacedName, err error) {
+	var cannotStart *CannotStartError
 	switch {
+	case errors.As(err, &cannotStart):
+		w.Header().Set("Retry-After", strconv.Itoa(CannotStartRetryAfter))
+		http.Error(w, cannotStart.Error(), http.StatusServiceUnavailable)
 	case errors.Is(err, throttler.ErrQueueFull):
 		// Shed load at once so memory stays bounded; clients retry shortly.
 		w.Header().Set("Retry-After", "1")

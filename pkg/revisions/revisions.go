@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"knative.dev/pkg/apis"
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"knative.dev/serving/pkg/client/clientset/versioned"
@@ -49,6 +50,10 @@ type Info struct {
 	ProbeOptimisation bool
 	Service           string
 	Configuration     string
+	// CannotStart, when not empty, is why the revision's pods cannot become ready ("Reason: message" of
+	// its failing condition): Ready is False because ResourcesAvailable (image pull errors,
+	// unschedulable pods, a progress deadline) or ContainerHealthy (a crashing container) is False.
+	CannotStart string
 
 	// life is shared by the Infos of one revision from its creation to its deletion (updates replace the
 	// Info, not the life), so that a request holding an older Info still sees the deletion.
@@ -106,6 +111,7 @@ func FromRevision(rev *servingv1.Revision) *Info {
 		Service:              rev.Labels[serving.ServiceLabelKey],
 		Configuration:        rev.Labels[serving.ConfigurationLabelKey],
 	}
+	info.CannotStart = cannotStart(rev)
 	if cc := rev.Spec.ContainerConcurrency; cc != nil && *cc > 0 {
 		info.ContainerConcurrency = int(*cc)
 	}
@@ -115,6 +121,24 @@ func FromRevision(rev *servingv1.Revision) *Info {
 		}
 	}
 	return info
+}
+
+// cannotStart reads the failing condition of a revision that cannot become ready, or "". Only the
+// conditions the revision reconciler sets from its pods' and deployment's failures count: a revision
+// merely scaled to zero (Active False) or still starting (Unknown) can start.
+func cannotStart(rev *servingv1.Revision) string {
+	if ready := rev.Status.GetCondition(servingv1.RevisionConditionReady); ready == nil || !ready.IsFalse() {
+		return ""
+	}
+	for _, t := range []apis.ConditionType{servingv1.RevisionConditionResourcesAvailable, servingv1.RevisionConditionContainerHealthy} {
+		if c := rev.Status.GetCondition(t); c != nil && c.IsFalse() {
+			if c.Message == "" {
+				return c.Reason
+			}
+			return c.Reason + ": " + c.Message
+		}
+	}
+	return ""
 }
 
 func seconds(v *int64, def time.Duration) time.Duration {

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"knative.dev/pkg/apis"
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"knative.dev/serving/pkg/client/clientset/versioned/fake"
@@ -268,5 +269,37 @@ func TestHold(t *testing.T) {
 	}
 	if !(&Info{}).Hold() {
 		t.Fatal("an Info made outside a Store must be live")
+	}
+}
+
+func TestCannotStart(t *testing.T) {
+	cond := func(typ apis.ConditionType, status corev1.ConditionStatus, reason, msg string) apis.Condition {
+		return apis.Condition{Type: typ, Status: status, Reason: reason, Message: msg}
+	}
+	tests := []struct {
+		name  string
+		conds []apis.Condition
+		want  string
+	}{
+		{name: "no status"},
+		{name: "ready", conds: []apis.Condition{cond("Ready", "True", "", "")}},
+		{name: "scaled to zero", conds: []apis.Condition{cond("Ready", "True", "", ""), cond("Active", "False", "NoTraffic", "")}},
+		{name: "starting", conds: []apis.Condition{cond("Ready", "Unknown", "Deploying", ""), cond("ResourcesAvailable", "Unknown", "Deploying", "")}},
+		{name: "image pull", conds: []apis.Condition{cond("Ready", "False", "ImagePullBackOff", ""),
+			cond("ResourcesAvailable", "False", "ImagePullBackOff", "Back-off pulling image \"nope\"")},
+			want: "ImagePullBackOff: Back-off pulling image \"nope\""},
+		{name: "crashing", conds: []apis.Condition{cond("Ready", "False", "ExitCode1", ""),
+			cond("ResourcesAvailable", "Unknown", "", ""), cond("ContainerHealthy", "False", "ExitCode1", "")}, want: "ExitCode1"},
+		{name: "ready false for another reason", conds: []apis.Condition{cond("Ready", "False", "Other", ""),
+			cond("ResourcesAvailable", "True", "", ""), cond("ContainerHealthy", "True", "", "")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := rev("ns", "a")
+			r.Status.Conditions = tc.conds
+			if got := FromRevision(r).CannotStart; got != tc.want {
+				t.Fatalf("CannotStart = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

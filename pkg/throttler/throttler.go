@@ -251,6 +251,19 @@ func (t *Throttler) DeleteRevision(rev types.NamespacedName) {
 	rt.logger.Debug("Revision deleted")
 }
 
+// FailWaiting ends the requests waiting for rev with err, now; later
+// requests queue as before. It is for a revision that cannot start: its
+// buffered requests learn it at once rather than at their timeout.
+func (t *Throttler) FailWaiting(rev types.NamespacedName, err error) {
+	rt := t.get(rev)
+	if rt == nil {
+		return
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.failAllLocked(err)
+}
+
 // Len returns the number of revisions with state in the throttler.
 func (t *Throttler) Len() int {
 	n := 0

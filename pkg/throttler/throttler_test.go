@@ -1246,3 +1246,30 @@ func TestNoOrphansFromActivators(t *testing.T) {
 		})
 	}
 }
+
+func TestFailWaiting(t *testing.T) {
+	th, _ := newTestThrottler(t, Options{})
+	th.UpsertRevision(rev, RevisionConfig{ContainerConcurrency: 1})
+	errCannot := errors.New("cannot start")
+	w := []*call{start(th, rev), start(th, rev)}
+	waitQueued(t, th, rev, 2)
+	th.FailWaiting(rev, errCannot)
+	th.FailWaiting(types.NamespacedName{Namespace: "ns", Name: "unknown"}, errCannot) // no state made
+	for _, c := range w {
+		if err := c.result(t); !errors.Is(err, errCannot) {
+			t.Fatalf("waiter: %v, want the given error", err)
+		}
+	}
+	if n := th.Len(); n != 1 {
+		t.Fatalf("%d revisions, want 1", n)
+	}
+	// The revision recovers: new requests queue and get a pod.
+	c := start(th, rev)
+	waitQueued(t, th, rev, 1)
+	th.UpdateBackends(rev, Backends{Dests: dests(1)})
+	c.entered(t)
+	c.release <- nil
+	if err := c.result(t); err != nil {
+		t.Fatal(err)
+	}
+}
