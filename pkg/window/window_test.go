@@ -98,6 +98,16 @@ func TestDifferentialRecordAndAverage(t *testing.T) {
 // the real current time and keeps every resize clearly inside or outside the
 // window (a margin of seconds) so that the second boundary cannot matter.
 func TestDifferentialResize(t *testing.T) {
+	// A seed whose checks ran more than the margin after its wall time (a loaded machine) cannot be
+	// compared: upstream read a later clock. Such seeds are counted and passed over, and most must
+	// still be compared.
+	late := 0
+	defer func() {
+		if late > 100 {
+			t.Errorf("%d of 1000 seeds ran too late to compare", late)
+		}
+	}()
+seeds:
 	for seed := range uint64(1000) {
 		r := rand.New(rand.NewPCG(seed, 0x726573697a65))
 		weighted := seed%2 == 0
@@ -131,6 +141,10 @@ func TestDifferentialResize(t *testing.T) {
 			for range 20 {
 				q := wall.Add(time.Duration(r.Int64N(int64(4*nw))) - 2*nw)
 				if got, want := mine.Average(q), up.WindowAverage(q); !sameFloat(got, want) {
+					if time.Since(wall) > 2*time.Second {
+						late++
+						continue seeds
+					}
 					t.Fatalf("seed %d weighted=%v %v→%v: Average(%v)=%v, upstream %v", seed, weighted, w, nw, q.Sub(wall), got, want)
 				}
 				if got, want := mine.IsEmpty(q), up.IsEmpty(q); got != want {
