@@ -111,10 +111,10 @@ func TestSwapOnRealAPIServer(t *testing.T) {
 	}
 	lab := Images{"activator": "ko.local/thaw/activator:dev", "autoscaler": "ko.local/thaw/autoscaler:dev"}
 	thaw("swap")
-	if cur, err := Current(ctx, kc, ""); err != nil || cur["activator"] != (State{lab["activator"], upstream["activator"]}) {
+	if cur, err := Current(ctx, kc, ""); err != nil || cur["activator"] != (State{lab["activator"], upstream["activator"], lab["activator"]}) {
 		t.Fatalf("after thaw swap: %v, %v", cur, err)
 	}
-	compare(t, "after thaw swap", before, liveState(ctx, t, kc), true, Annotation)
+	compare(t, "after thaw swap", before, liveState(ctx, t, kc), true, Annotation, AnnotationTo)
 	// The library, swapping twice: unswap still goes back to upstream's.
 	if _, err := Swap(ctx, kc, Images{"activator": "registry.example/thaw/activator:v2"}, o); err != nil {
 		t.Fatal(err)

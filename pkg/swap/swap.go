@@ -27,6 +27,9 @@ const (
 	Namespace = "knative-serving"
 	// Annotation, on a swapped Deployment, holds the image the swap replaced (upstream's, usually).
 	Annotation = "thaw.dev/swapped-from"
+	// AnnotationTo holds the image the swap put in: when the Deployment runs another one, someone
+	// changed it since (an upgrade of upstream's, say), and the remembered image is stale.
+	AnnotationTo = "thaw.dev/swapped-to"
 	// FieldManager owns the image fields the swap writes.
 	FieldManager = "thaw-swap"
 )
@@ -92,11 +95,16 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// State is one Deployment's image and, when swapped, the image the swap replaced.
+// State is one Deployment's image and, when swapped, the images the swap replaced and put in.
 type State struct {
 	Image       string
 	SwappedFrom string // "" when not swapped
+	SwappedTo   string
 }
+
+// Swapped reports whether the Deployment runs what a swap put in, so that SwappedFrom is still the
+// image to go back to.
+func (s State) Swapped() bool { return s.SwappedFrom != "" && s.SwappedTo == s.Image }
 
 // Current reads each component's image and the remembered one.
 func Current(ctx context.Context, kc kubernetes.Interface, ns string) (map[string]State, error) {
@@ -113,7 +121,7 @@ func Current(ctx context.Context, kc kubernetes.Interface, ns string) (map[strin
 		if err != nil {
 			return nil, err
 		}
-		out[c] = State{Image: img, SwappedFrom: d.Annotations[Annotation]}
+		out[c] = State{Image: img, SwappedFrom: d.Annotations[Annotation], SwappedTo: d.Annotations[AnnotationTo]}
 	}
 	return out, nil
 }
@@ -127,14 +135,14 @@ func image(d *appsv1.Deployment, container string) (string, error) {
 	return "", fmt.Errorf("deployment %s/%s has no container %q", d.Namespace, d.Name, container)
 }
 
-// patch sets container's image and the annotation (nil removes it); nothing else.
+// patch sets container's image and the annotations (nil removes them); nothing else.
 func patch(container, img string, swappedFrom *string) []byte {
-	var ann any
+	var from, to any
 	if swappedFrom != nil {
-		ann = *swappedFrom
+		from, to = *swappedFrom, img
 	}
 	p := map[string]any{
-		"metadata": map[string]any{"annotations": map[string]any{Annotation: ann}},
+		"metadata": map[string]any{"annotations": map[string]any{Annotation: from, AnnotationTo: to}},
 		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
 			"containers": []any{map[string]any{"name": container, "image": img}}}}},
 	}
@@ -144,7 +152,8 @@ func patch(container, img string, swappedFrom *string) []byte {
 
 // Swap sets want's images and waits for the rollout. A Deployment not swapped yet remembers the image
 // it ran; one already swapped keeps the image remembered first, so swapping twice still unswaps to
-// upstream's. It returns the remembered images.
+// upstream's; one whose image changed since its swap remembers the image it runs now. It returns the
+// remembered images.
 func Swap(ctx context.Context, kc kubernetes.Interface, want Images, o Options) (Images, error) {
 	if err := want.Validate(); err != nil {
 		return nil, err
@@ -161,7 +170,7 @@ func Swap(ctx context.Context, kc kubernetes.Interface, want Images, o Options) 
 			continue
 		}
 		from := cur[c].SwappedFrom
-		if from == "" {
+		if !cur[c].Swapped() {
 			if cur[c].Image == img {
 				continue // already runs it and was never swapped: nothing to remember or change
 			}
@@ -177,7 +186,9 @@ func Swap(ctx context.Context, kc kubernetes.Interface, want Images, o Options) 
 
 // Unswap puts back the remembered images (or to's, for the components it names) and forgets them,
 // then waits for the rollout. A component neither swapped nor named in to is left alone; if none is
-// left to change, that is an error (nothing says which images to go back to).
+// left to change, that is an error (nothing says which images to go back to). A component whose image
+// changed since its swap is an error unless to names its image: going back to the remembered one
+// would undo someone else's change (an upgrade of upstream's, say).
 func Unswap(ctx context.Context, kc kubernetes.Interface, to Images, o Options) (Images, error) {
 	if len(to) > 0 {
 		if err := to.Validate(); err != nil {
@@ -192,7 +203,11 @@ func Unswap(ctx context.Context, kc kubernetes.Interface, to Images, o Options) 
 	back := Images{}
 	for _, c := range Components {
 		img := to[c]
-		if img == "" {
+		if img == "" && cur[c].SwappedFrom != "" {
+			if !cur[c].Swapped() {
+				return back, fmt.Errorf("deployment %s runs %s, not %s that the swap put in: changed since; name the image to go back to",
+					c, cur[c].Image, cur[c].SwappedTo)
+			}
 			img = cur[c].SwappedFrom
 		}
 		if img == "" {

@@ -64,6 +64,7 @@ func withoutImage(d *appsv1.Deployment) *appsv1.Deployment {
 		d.Spec.Template.Spec.Containers[i].Image = ""
 	}
 	delete(d.Annotations, Annotation)
+	delete(d.Annotations, AnnotationTo)
 	d.ResourceVersion, d.ManagedFields = "", nil
 	return d
 }
@@ -80,7 +81,7 @@ func TestSwapUnswapChangesOnlyImages(t *testing.T) {
 	}
 	for _, c := range Components {
 		d := get(t, kc, c)
-		if img, _ := image(d, c); img != thaw[c] || d.Annotations[Annotation] != upstream[c] {
+		if img, _ := image(d, c); img != thaw[c] || d.Annotations[Annotation] != upstream[c] || d.Annotations[AnnotationTo] != thaw[c] {
 			t.Errorf("%s after swap: image %s, %s=%q", c, img, Annotation, d.Annotations[Annotation])
 		}
 		if !reflect.DeepEqual(withoutImage(d), withoutImage(before[c])) {
@@ -114,6 +115,38 @@ func TestSwapUnswapChangesOnlyImages(t *testing.T) {
 	}
 	if back, err := Unswap(ctx, kc, Images{"autoscaler": "x/autoscaler:1"}, Options{}); err != nil || len(back) != 1 {
 		t.Fatalf("unswap to a named image: %v, %v", back, err)
+	}
+}
+
+// An image changed since the swap (upstream's upgraded with kubectl apply, say) is not undone by
+// unswap, and a new swap remembers the image found then.
+func TestChangedSinceSwap(t *testing.T) {
+	ctx := context.Background()
+	kc, _ := newCluster()
+	if _, err := Swap(ctx, kc, thaw, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	upgraded := "gcr.io/knative-releases/activator@sha256:ff"
+	d := get(t, kc, "activator")
+	d.Spec.Template.Spec.Containers[0].Image = upgraded
+	if _, err := kc.AppsV1().Deployments(Namespace).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unswap(ctx, kc, nil, Options{}); err == nil || !strings.Contains(err.Error(), "changed since") {
+		t.Fatalf("unswap after someone changed the image: %v", err)
+	}
+	if img, _ := image(get(t, kc, "activator"), "activator"); img != upgraded {
+		t.Fatalf("activator runs %s after the refused unswap", img)
+	}
+	remembered, err := Swap(ctx, kc, thaw, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if remembered["activator"] != upgraded || remembered["autoscaler"] != upstream["autoscaler"] {
+		t.Fatalf("swap after the change remembered %v", remembered)
+	}
+	if back, err := Unswap(ctx, kc, nil, Options{}); err != nil || back["activator"] != upgraded {
+		t.Fatalf("unswap = %v, %v", back, err)
 	}
 }
 

@@ -67,7 +67,7 @@ func testSwapCLI(t *testing.T) {
 
 	run(lab.stack.Opts.Thaw, "swap", "--kubeconfig", kubeconfig)
 	wait(swap.Images(stack.ThawImages()))
-	sameExcept(t, "after thaw swap", before, deploymentState(ctx, t), true, swap.Annotation)
+	sameExcept(t, "after thaw swap", before, deploymentState(ctx, t), true, swap.Annotation, swap.AnnotationTo)
 
 	run(lab.stack.Opts.Thaw, "unswap", "--kubeconfig", kubeconfig)
 	wait(upstream)
