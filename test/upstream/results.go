@@ -24,6 +24,9 @@ const NoResult = "NORESULT"
 var (
 	// go test -v's verdict of a top-level test: no indentation (subtests are indented).
 	verdictRE = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (Test[^\s/]*) \(([0-9.]+)s\)`)
+	// A subtest's verdict: a parent whose subtests run in parallel reports 0s itself, so the
+	// longest subtest stands for its time.
+	subVerdictRE = regexp.MustCompile(`^\s+--- (?:PASS|FAIL|SKIP): (Test[^\s/]*)/\S+ \(([0-9.]+)s\)`)
 	// A top-level test starting: "=== RUN   TestX" (subtests have a slash).
 	runRE = regexp.MustCompile(`^=== RUN\s+(Test[^\s/]*)\s*$`)
 )
@@ -37,6 +40,7 @@ type Collector struct {
 	partial []byte
 	started []string
 	results map[string]Result
+	longest map[string]time.Duration // parent → its longest subtest
 }
 
 // Write implements io.Writer.
@@ -71,6 +75,14 @@ func (c *Collector) line(l string) {
 		}
 		return
 	}
+	if m := subVerdictRE.FindStringSubmatch(l); m != nil {
+		d, _ := time.ParseDuration(m[2] + "s")
+		if c.longest == nil {
+			c.longest = map[string]time.Duration{}
+		}
+		c.longest[m[1]] = max(c.longest[m[1]], d)
+		return
+	}
 	if m := verdictRE.FindStringSubmatch(l); m != nil {
 		d, _ := time.ParseDuration(m[3] + "s")
 		c.results[m[2]] = Result{Test: m[2], Status: m[1], Duration: d}
@@ -95,6 +107,7 @@ func (c *Collector) Results() []Result {
 		if !ok {
 			r = Result{Test: t, Status: NoResult}
 		}
+		r.Duration = max(r.Duration, c.longest[t])
 		out = append(out, r)
 	}
 	return out

@@ -36,11 +36,14 @@ func TestCollector(t *testing.T) {
 			chunks: []string{
 				"=== RUN   TestAutoscaleUpDownUp\n=== PAUSE TestAutoscaleUpDownUp\n=== RUN   TestFastScaleToZero\n",
 				"=== CONT  TestAutoscaleUpDownUp\n=== RUN   TestAutoscaleUpDownUp/sub\n    --- PASS: TestAutoscaleUpDownUp/sub (1.00s)\n--- PA",
-				"SS: TestAutoscaleUpDownUp (93.25s)\n--- FAIL: TestFastScaleToZero (40.10s)\nFAIL\n",
+				"SS: TestAutoscaleUpDownUp (93.25s)\n--- FAIL: TestFastScaleToZero (40.10s)\n",
+				"=== RUN   TestParallelParent\n--- PASS: TestParallelParent (0.00s)\n    --- PASS: TestParallelParent/a (44.35s)\n",
+				"    --- PASS: TestParallelParent/b (40.28s)\nFAIL\n",
 			},
 			want: []Result{
 				{"TestAutoscaleUpDownUp", "PASS", 93250 * time.Millisecond},
 				{"TestFastScaleToZero", "FAIL", 40100 * time.Millisecond},
+				{"TestParallelParent", "PASS", 44350 * time.Millisecond},
 			},
 		},
 		{
