@@ -124,227 +124,149 @@ func freePort(t *testing.T, ips ...string) int {
 	return 0
 }
 
-// The activator's websocket lands on a replica that holds no bucket (upstream's HA failure with Thaw
-// before buckets): the stat reaches the holder through the peer link and the PA gets its desiredScale.
-// When the holder stops, the other replica takes the bucket over without a restart and decides from
-// the windows it kept (a stat sent only before the hand-over still counts).
-func TestStatReachesTheHolderAndHandsOver(t *testing.T) {
+// pair is two replicas, a and b, on one fake API server: a holds the single bucket, both are behind
+// the autoscaler Service, and rev has its SKS and Metric.
+type pair struct {
+	h     *harness
+	a, b  *replica
+	idA   string
+	ipA   string
+	ipB   string
+	port  int
+	mport int
+	dead  atomic.Bool // a is dead: its Lease is neither renewed nor released
+}
+
+func newPair(t *testing.T, ipA, ipB, leaseDuration string) *pair {
+	t.Helper()
 	ctx := context.Background()
-	const ipA, ipB = "127.0.0.2", "127.0.0.3"
-	h := start(t, map[string]string{"lease-duration": "2s", "renew-deadline": "1s", "retry-period": "200ms"})
-	h.stop(t) // only its clients are used: replicas a and b run on the same fake API server
-	port := freePort(t, ipA, ipB)
-	a := h.startReplica(t, "autoscaler-a", ipA, port)
-	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-a", ipA) })
-	b := h.startReplica(t, "autoscaler-b", ipB, port)
-	// The autoscaler Service's endpoints: both replicas.
-	if _, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
+	p := &pair{ipA: ipA, ipB: ipB, idA: bucket.Identity("autoscaler-a", ipA)}
+	p.h = start(t, map[string]string{"lease-duration": leaseDuration, "renew-deadline": "1s", "retry-period": "200ms"})
+	p.h.stop(t) // only its clients are used
+	p.port, p.mport = freePort(t, ipA, ipB), freePort(t, ipA, ipB)
+	deadHolder := func(l *coordinationv1.Lease) error {
+		if p.dead.Load() && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == p.idA) {
+			return errors.New("the holder is dead")
+		}
+		return nil
+	}
+	p.h.leaseUpdate.Store(&deadHolder)
+	p.a = p.h.startReplica(t, "autoscaler-a", ipA, p.port, p.mport)
+	eventually(t, "a holds the bucket", func() bool { return p.h.holder(t) == p.idA })
+	p.b = p.h.startReplica(t, "autoscaler-b", ipB, p.port, p.mport)
+	if _, err := p.h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "autoscaler-x1", Namespace: sysNS, Labels: map[string]string{discoveryv1.LabelServiceName: "autoscaler"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ipA}}, {Addresses: []string{ipB}}},
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(port))}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// The holder points the bucket Service at itself for upstream's forwarders.
-	eventually(t, "bucket EndpointSlice", func() bool {
-		es, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
-		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == ipA
-	})
-	h.sksFor(t, ctx, rev.Name)
+	p.h.sksFor(t, ctx, rev.Name)
 	eventually(t, "Metric status", func() bool {
-		m, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+		m, err := p.h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
 		return err == nil && m.Status.GetCondition("Ready") != nil
 	})
+	return p
+}
 
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+b.addrs[0]+"/", nil)
+// desired is rev's desiredScale, -2 when unset.
+func (p *pair) desired() int32 {
+	pa, err := p.h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(context.Background(), rev.Name, metav1.GetOptions{})
+	if err != nil || pa.Status.DesiredScale == nil {
+		return -2
+	}
+	return *pa.Status.DesiredScale
+}
+
+// load streams 250 concurrent requests to the replica at addr until a decides 4 pods (the default
+// target 100 at 70%), then three seconds more, so that every replica's window holds some whatever the
+// moment its collection appeared (a stat that arrives first is dropped as of an unknown revision).
+func (p *pair) load(t *testing.T, addr string) {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	desired := func() int32 {
-		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		if err != nil || pa.Status.DesiredScale == nil {
-			return -2
-		}
-		return *pa.Status.DesiredScale
-	}
-	// 250 concurrent against the default target 100 at 70%: 4 pods, decided by a from b's stats.
 	stop, sends := stream(t, conn)
-	eventually(t, "desiredScale 4 from stats sent to the replica without the bucket", func() bool { return desired() == 4 })
-	// A few more seconds of stats, so that b's window holds some whatever the moment its collection
-	// appeared (a stat that arrives first is dropped as of an unknown revision).
+	defer stop()
+	eventually(t, "desiredScale 4", func() bool { return p.desired() == 4 })
 	n := sends.Load()
 	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
-	stop()
+}
 
-	// a goes (gracefully: it releases the Lease); b takes the bucket and, with the stats it recorded,
-	// keeps wanting 4 without any new stat.
-	a.stop(t)
-	eventually(t, "b holds the bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-b", ipB) })
-	eventually(t, "bucket EndpointSlice moved to b", func() bool {
-		es, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
-		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == ipB
-	})
-	// The PA is written by b now: make it forget a's value, then see b's decision.
-	pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
+// forget makes the PA forget the decision, so that the next holder's own shows.
+func (p *pair) forget(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pa, err := p.h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pa.Status.DesiredScale = ptr.To(int32(-1))
-	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
+	if _, err := p.h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// The stream stopped with a, so the window's average decays; what matters is that b has one: a
-	// replica without the stats finds no data and makes no decision (desiredScale stays -1).
-	eventually(t, "b decides from the kept window", func() bool { return desired() >= 1 })
-	if errors.Is(ctx.Err(), context.Canceled) {
-		t.Fatal("unreachable")
-	}
+}
+
+// The activator's websocket lands on a replica that holds no bucket (upstream's HA failure with Thaw
+// before buckets): its stats reach the holder through the peer link and the PA gets its desiredScale.
+// When the holder stops, the other replica takes the bucket over without a restart, points the bucket
+// Service at itself, and decides from the windows it kept.
+func TestStatReachesTheHolderAndHandsOver(t *testing.T) {
+	ctx := context.Background()
+	p := newPair(t, "127.0.0.2", "127.0.0.3", "2s")
+	eventually(t, "bucket EndpointSlice at a", func() bool {
+		es, err := p.h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
+		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == p.ipA
+	})
+	p.load(t, p.b.addrs[0])
+	p.a.stop(t) // gracefully: the Lease is released
+	eventually(t, "b holds the bucket", func() bool { return p.h.holder(t) == bucket.Identity("autoscaler-b", p.ipB) })
+	eventually(t, "bucket EndpointSlice moved to b", func() bool {
+		es, err := p.h.kube.DiscoveryV1().EndpointSlices(sysNS).Get(ctx, bucket.Name(0, 1), metav1.GetOptions{})
+		return err == nil && len(es.Endpoints) == 1 && es.Endpoints[0].Addresses[0] == p.ipB
+	})
+	p.forget(t)
+	// The stream stopped, so the window's average decays; what matters is that b has one: a replica
+	// without the stats finds no data and makes no decision (desiredScale stays -1).
+	eventually(t, "b decides from the kept window", func() bool { return p.desired() >= 1 })
 }
 
 // The holder dies without releasing its Lease (SIGKILL): the stats the activator sent to it alone
 // reached the other replica through the peer link, so when the Lease expires and that replica takes
 // the bucket, it decides from them at once.
 func TestHandOverAfterKillIsWarm(t *testing.T) {
-	ctx := context.Background()
-	const ipA, ipB = "127.0.0.4", "127.0.0.5"
-	h := start(t, map[string]string{"lease-duration": "2s", "renew-deadline": "1s", "retry-period": "200ms"})
-	h.stop(t)
-	port := freePort(t, ipA, ipB)
-	idA := bucket.Identity("autoscaler-a", ipA)
-	var dead atomic.Bool
-	deadHolder := func(l *coordinationv1.Lease) error {
-		if dead.Load() && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || *l.Spec.HolderIdentity == idA) {
-			return errors.New("the holder is dead")
-		}
-		return nil
+	p := newPair(t, "127.0.0.4", "127.0.0.5", "2s")
+	p.load(t, p.a.addrs[0])
+	p.dead.Store(true)
+	p.a.stop(t)
+	if p.h.holder(t) != p.idA {
+		t.Fatalf("the Lease was released: holder %q", p.h.holder(t))
 	}
-	h.leaseUpdate.Store(&deadHolder)
-	a := h.startReplica(t, "autoscaler-a", ipA, port)
-	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == idA })
-	b := h.startReplica(t, "autoscaler-b", ipB, port)
-	_ = b
-	if _, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "autoscaler-x1", Namespace: sysNS, Labels: map[string]string{discoveryv1.LabelServiceName: "autoscaler"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ipA}}, {Addresses: []string{ipB}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	h.sksFor(t, ctx, rev.Name)
-	eventually(t, "Metric status", func() bool {
-		m, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		return err == nil && m.Status.GetCondition("Ready") != nil
-	})
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+a.addrs[0]+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	desired := func() int32 {
-		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		if err != nil || pa.Status.DesiredScale == nil {
-			return -2
-		}
-		return *pa.Status.DesiredScale
-	}
-	stop, sends := stream(t, conn)
-	eventually(t, "a decides 4", func() bool { return desired() == 4 })
-	n := sends.Load()
-	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
-	stop()
-	conn.Close()
-
-	// a dies: its Lease release never reaches the API server, so the Lease stays a's until it expires.
-	dead.Store(true)
-	a.stop(t)
-	if h.holder(t) != idA {
-		t.Fatalf("the Lease was released: holder %q", h.holder(t))
-	}
-	pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pa.Status.DesiredScale = ptr.To(int32(-1))
-	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "b takes the expired bucket", func() bool { return h.holder(t) == bucket.Identity("autoscaler-b", ipB) })
-	eventually(t, "b decides from the stats a forwarded", func() bool { return desired() >= 1 })
+	p.forget(t)
+	eventually(t, "b takes the expired bucket", func() bool { return p.h.holder(t) == bucket.Identity("autoscaler-b", p.ipB) })
+	eventually(t, "b decides from the stats a forwarded", func() bool { return p.desired() >= 1 })
 }
 
 // A holder killed and restarted in place keeps its identity and retakes its own Lease at once (as a
 // container restarted by the kubelet does); before campaigning it takes the other replica's windows,
 // so its first decisions come from the load it had, not from empty windows.
 func TestRestartInPlaceStartsWarm(t *testing.T) {
-	ctx := context.Background()
-	const ipA, ipB = "127.0.0.6", "127.0.0.7"
-	h := start(t, map[string]string{"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "200ms"})
-	h.stop(t)
-	port, mport := freePort(t, ipA, ipB), freePort(t, ipA, ipB)
-	idA := bucket.Identity("autoscaler-a", ipA)
-	var dead atomic.Bool
-	deadHolder := func(l *coordinationv1.Lease) error {
-		if dead.Load() && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "") {
-			return errors.New("the holder is dead")
-		}
-		return nil
-	}
-	h.leaseUpdate.Store(&deadHolder)
-	a := h.startReplica(t, "autoscaler-a", ipA, port, mport)
-	eventually(t, "a holds the bucket", func() bool { return h.holder(t) == idA })
-	h.startReplica(t, "autoscaler-b", ipB, port, mport)
-	if _, err := h.kube.DiscoveryV1().EndpointSlices(sysNS).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "autoscaler-x1", Namespace: sysNS, Labels: map[string]string{discoveryv1.LabelServiceName: "autoscaler"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ipA}}, {Addresses: []string{ipB}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	h.sksFor(t, ctx, rev.Name)
-	eventually(t, "Metric status", func() bool {
-		m, err := h.serving.AutoscalingV1alpha1().Metrics(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		return err == nil && m.Status.GetCondition("Ready") != nil
-	})
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+a.addrs[0]+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	desired := func() int32 {
-		pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-		if err != nil || pa.Status.DesiredScale == nil {
-			return -2
-		}
-		return *pa.Status.DesiredScale
-	}
-	stop, sends := stream(t, conn)
-	eventually(t, "a decides 4", func() bool { return desired() == 4 })
-	n := sends.Load()
-	eventually(t, "three more stats", func() bool { return sends.Load() >= n+3 })
-	stop()
-	conn.Close()
-
-	dead.Store(true) // a dies: no release
-	a.stop(t)
-	pa, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).Get(ctx, rev.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pa.Status.DesiredScale = ptr.To(int32(-1))
-	if _, err := h.serving.AutoscalingV1alpha1().PodAutoscalers(rev.Namespace).UpdateStatus(ctx, pa, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	dead.Store(false)
+	p := newPair(t, "127.0.0.6", "127.0.0.7", "15s")
+	p.load(t, p.a.addrs[0])
+	p.dead.Store(true) // a dies: no release
+	p.a.stop(t)
+	p.forget(t)
+	p.dead.Store(false)
 	// The same pod, restarted: it renews its own Lease long before it would expire (15 s).
 	restarted := time.Now()
-	h.startReplica(t, "autoscaler-a", ipA, port, mport)
-	eventually(t, "the restarted a decides from b's windows", func() bool { return desired() >= 1 })
+	p.h.startReplica(t, "autoscaler-a", p.ipA, p.port, p.mport)
+	eventually(t, "the restarted a decides from b's windows", func() bool { return p.desired() >= 1 })
 	if d := time.Since(restarted); d > 10*time.Second {
 		t.Fatalf("decided %v after the restart: the Lease expired first", d)
 	}
-	if h.holder(t) != idA {
-		t.Fatalf("holder %q, want the restarted a", h.holder(t))
+	if p.h.holder(t) != p.idA {
+		t.Fatalf("holder %q, want the restarted a", p.h.holder(t))
 	}
 }
