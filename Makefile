@@ -46,7 +46,7 @@ test-e2e:
 	$(GO) test -tags e2e -count=1 -v -timeout 40m ./test/e2e/
 
 # Every test tier that exists.
-test: lint test-pod test-fuzz test-e2e
+test: lint test-pod test-fuzz test-e2e test-upstream-ci
 
 # All benchmarks, one after the other (the lab's must not share the CPUs with the core ones), then one
 # report: bin/bench-report.md holds the core benchstat table and the lab tables.
@@ -89,7 +89,12 @@ bench-lab:
 test-upstream:
 	THAW_UPSTREAM=1 $(GO) test -tags e2e -count=1 -v -timeout 150m ./test/upstream/
 
-.PHONY: test-upstream
+# The CI-sized part of it: Thaw's side at upstream CI's shape (3 replicas x 10 buckets), ha's
+# TestAutoscalerHA and the autoscale e2e tests (about 8 minutes; the whole matrix takes about 50).
+test-upstream-ci:
+	THAW_UPSTREAM_SIDES=thaw THAW_UPSTREAM_SHAPES=3x10 THAW_UPSTREAM_SUITES=autoscaler-ha,e2e $(MAKE) test-upstream
+
+.PHONY: test-upstream test-upstream-ci
 
 # Chaos scenarios on the lab (root): each fault under a steady and a cold load, with upstream's activator
 # and autoscaler and then Thaw's; every request accounted, report in $(BIN)/chaos (CSV, JSON, timeline

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -79,7 +80,8 @@ func (b Builder) goCmd(ctx context.Context, args ...string) error {
 // SuiteBinary returns the path of suite s's compiled test binary, compiling it unless the cache
 // already holds it for this module version.
 func (b Builder) SuiteBinary(ctx context.Context, s Suite) (string, error) {
-	out := filepath.Join(b.CacheDir, s.Name+".test")
+	// One binary per package: suites of the same package share it.
+	out := filepath.Join(b.CacheDir, path.Base(s.Package)+".test")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}

@@ -93,6 +93,13 @@ var Suites = map[string]Suite{
 		Run:     "^TestAutoscalerHA$|^TestActivatorHAGraceful$|^TestActivatorHANonGraceful$",
 		Timeout: 20 * time.Minute,
 	},
+	// autoscaler-ha is ha's autoscaler test alone: the CI-sized check of the buckets and the hand-over
+	// (the two activator tests take 70% of the ha suite's time).
+	"autoscaler-ha": {
+		Name: "autoscaler-ha", Package: "knative.dev/serving/test/ha",
+		Run:     "^TestAutoscalerHA$",
+		Timeout: 10 * time.Minute,
+	},
 	"e2e": {
 		Name: "e2e", Package: "knative.dev/serving/test/e2e",
 		Run: "^(TestAutoscaleUpDownUp|TestAutoscaleUpCountPods|TestRPSBasedAutoscaleUpCountPods|" +
@@ -113,7 +120,7 @@ func ParseSuites(v string) ([]Suite, error) {
 	for _, n := range strings.Split(v, ",") {
 		s, ok := Suites[strings.TrimSpace(n)]
 		if !ok {
-			return nil, fmt.Errorf("suite %q: want ha or e2e", n)
+			return nil, fmt.Errorf("suite %q: want ha, autoscaler-ha or e2e", n)
 		}
 		out = append(out, s)
 	}
