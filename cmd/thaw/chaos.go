@@ -13,10 +13,8 @@ import (
 	"github.com/thaw-dev/thaw/pkg/experiment/chaos/fault"
 	"github.com/thaw-dev/thaw/pkg/experiment/chaos/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/chaos/runner"
-	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/images"
-	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
 	"github.com/thaw-dev/thaw/pkg/lab/swap"
 	"github.com/thaw-dev/thaw/test/upstream"
@@ -80,32 +78,11 @@ func chaosRun(ctx context.Context, args []string) error {
 	if *buckets < 1 || *buckets > upstream.MaxBuckets || *replicas < 1 {
 		return fmt.Errorf("--replicas %d --buckets %d: want at least 1 replica and 1 to %d buckets", *replicas, *buckets, upstream.MaxBuckets)
 	}
-	cache, err := build.DefaultCacheDir()
+	tgt, err := openTarget(ctx, *kc)
 	if err != nil {
 		return err
 	}
-	lab := stack.OpenExisting(ctx, stack.Options{Cache: cache, Out: os.Stdout})
-	path := *kc
-	if path == "" {
-		path = os.Getenv("KUBECONFIG")
-	}
-	if path == "" {
-		path = lab.Lab.Cfg.Kubeconfig()
-		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("no --kubeconfig or $KUBECONFIG, and no lab kubeconfig (run `thaw lab up`): %w", err)
-		}
-	}
-	cl, err := kube.NewFromKubeconfig(path)
-	if err != nil {
-		return fmt.Errorf("kubeconfig %s: %w", path, err)
-	}
-	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = cl.Kube.Discovery().RESTClient().Get().AbsPath("/version").DoRaw(vctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("cluster %s (kubeconfig %s) unreachable: %v", cl.Config.Host, path, err)
-	}
-	isLab := cl.Config.Host == lab.Lab.Cfg.APIServerURL()
+	cache, lab, cl, isLab := tgt.cache, tgt.lab, tgt.cl, tgt.isLab
 	o := runner.Options{
 		Client: cl, Namespace: *ns, Image: *image, Ingress: *ingress, Scenarios: scenarios,
 		Duration: *duration, Period: *period, Jitter: *jitter, Hold: *hold, Before: *before, After: *after,
