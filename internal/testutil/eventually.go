@@ -2,6 +2,7 @@
 package testutil
 
 import (
+	"os"
 	"testing"
 	"time"
 )
@@ -22,4 +23,14 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// SkipOutsideCI skips t on a developer's machine that lacks what it needs (built tools, the module
+// cache); under CI, where every tier must run, it fails instead.
+func SkipOutsideCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("cannot run under CI: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }

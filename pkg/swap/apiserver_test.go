@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 )
 
@@ -38,12 +39,12 @@ import (
 func TestSwapOnRealAPIServer(t *testing.T) {
 	cache, err := build.DefaultCacheDir()
 	if err != nil {
-		t.Skip(err)
+		testutil.SkipOutsideCI(t, "%v", err)
 	}
 	bin := filepath.Join(cache, "k8s-"+build.KubernetesVersion, "bin")
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
-			t.Skipf("%s not built (thaw lab up builds it): %v", b, err)
+			testutil.SkipOutsideCI(t, "%s not built (thaw lab up builds it): %v", b, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

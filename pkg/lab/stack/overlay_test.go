@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/images"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/knative"
@@ -46,11 +47,11 @@ func moduleDeployments(t *testing.T) string {
 	t.Helper()
 	repo, err := build.FindRepoRoot()
 	if err != nil {
-		t.Skip(err)
+		testutil.SkipOutsideCI(t, "%v", err)
 	}
 	dirs, err := knative.ResolveModuleDirs(context.Background(), repo)
 	if err != nil {
-		t.Skipf("serving module: %v", err)
+		testutil.SkipOutsideCI(t, "serving module: %v", err)
 	}
 	return filepath.Join(dirs[knative.ServingModule], "config", "core", "deployments")
 }
@@ -78,11 +79,11 @@ func TestOverlayBaseIsUpstreams(t *testing.T) {
 func TestOverlayKustomize(t *testing.T) {
 	cache, err := build.DefaultCacheDir()
 	if err != nil {
-		t.Skip(err)
+		testutil.SkipOutsideCI(t, "%v", err)
 	}
 	kubectl := filepath.Join(cache, "k8s-"+build.KubernetesVersion, "bin", "kubectl")
 	if _, err := os.Stat(kubectl); err != nil {
-		t.Skipf("kubectl not built: %v", err)
+		testutil.SkipOutsideCI(t, "kubectl not built: %v", err)
 	}
 	out, err := exec.Command(kubectl, "kustomize", overlay).CombinedOutput()
 	if err != nil {
