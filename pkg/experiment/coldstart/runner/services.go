@@ -67,14 +67,21 @@ func (r *run) createServices(ctx context.Context) ([]*service, error) {
 	for i := range objs {
 		objs[i] = ksvcObject(serviceName(i), o.Namespace, o.Image, o.CPURequest)
 	}
+	return r.applyServices(ctx, objs)
+}
+
+// applyServices applies the ksvcs objs (all in o.Namespace) and waits until all are Ready, returning
+// their revisions and hosts in the order of objs.
+func (r *run) applyServices(ctx context.Context, objs []*unstructured.Unstructured) ([]*service, error) {
+	o := r.o
 	t0 := o.Clock.Now()
 	actx, cancel := context.WithTimeout(ctx, 10*time.Minute) // 100 first pods on 2 cores
 	defer cancel()
 	if err := o.Client.Apply(actx, objs); err != nil {
 		return nil, err
 	}
-	r.progress("created %d services in %s (image %s) in %s", o.Services, o.Namespace, o.Image, since(o.Clock, t0))
-	svcs := make([]*service, o.Services)
+	r.progress("created %d services in %s (image %s) in %s", len(objs), o.Namespace, o.Image, since(o.Clock, t0))
+	svcs := make([]*service, len(objs))
 	lastLog := o.Clock.Now()
 	var pending string
 	err := kube.Poll(actx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
@@ -90,14 +97,15 @@ func (r *run) createServices(ctx context.Context) ([]*service, error) {
 		ready := 0
 		pending = ""
 		for i := range svcs {
-			u := byName[serviceName(i)]
+			name := objs[i].GetName()
+			u := byName[name]
 			if u == nil {
-				pending = serviceName(i) + " missing"
+				pending = name + " missing"
 				continue
 			}
 			s, why := readyService(u)
 			if s == nil {
-				pending = serviceName(i) + ": " + why
+				pending = name + ": " + why
 				continue
 			}
 			svcs[i] = s
