@@ -117,6 +117,11 @@ type Config struct {
 
 	// WakePacing is thaw-wake-pacing; not one of upstream's fields.
 	WakePacing bool
+	// KeepAlive is thaw-keep-alive (see KeepAliveFor); not one of
+	// upstream's fields. KeepAliveErr is set when the key's value was bad
+	// (KeepAlive is then off).
+	KeepAlive    KeepAliveMode
+	KeepAliveErr error
 }
 
 // DefaultConfig is the config of an empty ConfigMap.
@@ -139,6 +144,7 @@ func DefaultConfig() *Config {
 		ScaleToZeroGracePeriod:   30 * time.Second,
 		PodAutoscalerClass:       KPA,
 		WakePacing:               true,
+		KeepAlive:                KeepAliveOff,
 	}
 }
 
@@ -283,6 +289,7 @@ func NewConfigFromMap(data map[string]string) (*Config, error) {
 	p.bool(KeyEnableScaleToZero, &c.EnableScaleToZero)
 	p.bool(KeyAllowZeroInitialScale, &c.AllowZeroInitialScale)
 	p.onOff(KeyThawWakePacing, &c.WakePacing)
+	c.keepAliveKey(data)
 
 	p.float(KeyMaxScaleUpRate, &c.MaxScaleUpRate, wantRate)
 	p.float(KeyMaxScaleDownRate, &c.MaxScaleDownRate, wantRate)
