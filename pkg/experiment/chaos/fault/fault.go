@@ -55,6 +55,9 @@ type Schedule struct {
 	Hold time.Duration
 	// MaxErrors stops the schedule after that many failed injections in a row (default 3).
 	MaxErrors int
+	// UndoTimeout bounds one undo (default the package's UndoTimeout); a restart that waits for the
+	// restarted process to be ready needs more.
+	UndoTimeout time.Duration
 	Clock     clock.Clock
 	Rand      *rand.Rand
 	// OnMark receives each mark as it happens (progress lines); may be nil.
@@ -95,7 +98,11 @@ func (s Schedule) Run(ctx context.Context) (marks []Mark, err error) {
 		}
 		u, target := pending, pendingTarget
 		pending = nil
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), UndoTimeout)
+		ut := s.UndoTimeout
+		if ut <= 0 {
+			ut = UndoTimeout
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ut)
 		defer cancel()
 		if uerr := u(uctx); uerr != nil {
 			mark("error", target, "undo: "+uerr.Error())

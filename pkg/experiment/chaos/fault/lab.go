@@ -23,6 +23,8 @@ const SystemNamespace = "knative-serving"
 // ctr client in the CRI namespace.
 type Containerd struct {
 	Ctr, Address string
+	// Exec runs a command (tests record them); nil runs it.
+	Exec func(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
 func (c Containerd) run(ctx context.Context, name string, args ...string) ([]byte, error) {
@@ -31,6 +33,9 @@ func (c Containerd) run(ctx context.Context, name string, args ...string) ([]byt
 		name = c.Ctr
 	} else {
 		full = args
+	}
+	if c.Exec != nil {
+		return c.Exec(ctx, name, full...)
 	}
 	cmd := exec.CommandContext(ctx, name, full...)
 	var out, stderr bytes.Buffer
@@ -159,17 +164,27 @@ func BucketHolders(ctx context.Context, kc kubernetes.Interface, rnd *rand.Rand)
 type Killer struct {
 	Kube       kubernetes.Interface
 	Containerd *Containerd // nil: force delete
-	Component  string
+	// Component is the container to kill.
+	Component string
+	// Namespace of the pods (default SystemNamespace).
+	Namespace string
+}
+
+func (k Killer) namespace() string {
+	if k.Namespace == "" {
+		return SystemNamespace
+	}
+	return k.Namespace
 }
 
 // Kill kills the named pod's component container.
 func (k Killer) Kill(ctx context.Context, podName string) (string, error) {
-	pod, err := k.Kube.CoreV1().Pods(SystemNamespace).Get(ctx, podName, metav1.GetOptions{})
+	pod, err := k.Kube.CoreV1().Pods(k.namespace()).Get(ctx, podName, metav1.GetOptions{})
 	if err != nil {
 		return podName, err
 	}
 	if k.Containerd == nil {
-		return podName + " (force delete)", k.Kube.CoreV1().Pods(SystemNamespace).Delete(ctx, podName,
+		return podName + " (force delete)", k.Kube.CoreV1().Pods(k.namespace()).Delete(ctx, podName,
 			metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 	}
 	id := containerID(pod, k.Component)
