@@ -58,8 +58,8 @@ type Schedule struct {
 	// UndoTimeout bounds one undo (default the package's UndoTimeout); a restart that waits for the
 	// restarted process to be ready needs more.
 	UndoTimeout time.Duration
-	Clock     clock.Clock
-	Rand      *rand.Rand
+	Clock       clock.Clock
+	Rand        *rand.Rand
 	// OnMark receives each mark as it happens (progress lines); may be nil.
 	OnMark func(Mark)
 }
