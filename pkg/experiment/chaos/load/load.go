@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -36,7 +37,10 @@ type Outcome struct {
 	Latency time.Duration `json:"latency_ns"`
 	Status  int           `json:"status"`
 	Class   string        `json:"class"`
-	Error   string        `json:"error,omitempty"`
+	// Hop is where a failure came from when the answer says so: "ingress", "activator",
+	// "queue-proxy"; "" for a success, "unknown" when nothing tells.
+	Hop   string `json:"hop,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // Failed reports whether the request was lost: anything but a 2xx answer.
@@ -64,6 +68,43 @@ func Classify(status int, err error) string {
 		return OK
 	}
 	return Other
+}
+
+// Hops of a failed request.
+const (
+	HopIngress    = "ingress"
+	HopActivator  = "activator"
+	HopQueueProxy = "queue-proxy"
+	HopUnknown    = "unknown"
+)
+
+// bodyLimit bounds how much of a failed answer is kept: enough for an error line.
+const bodyLimit = 200
+
+// Hop names the hop that answered a failed request, from what the answer says: a transport error is
+// the client's connection to the ingress; the activator and the queue-proxy answer a proxy error with
+// the dial error as body (the activator dials a pod's :8012, the queue-proxy the app on
+// 127.0.0.1:8080), and the activator's own refusals name the revision or the activator or carry
+// Retry-After; the lab's ingress answers its own proxy errors with an empty body or "no route"/"no
+// backend".
+func Hop(status int, err error, body string, h http.Header) string {
+	switch {
+	case err != nil:
+		return HopIngress
+	case status >= 200 && status < 400:
+		return ""
+	}
+	b := strings.ToLower(body)
+	switch {
+	case strings.Contains(b, "127.0.0.1:8080"), strings.Contains(b, "user-container"), strings.Contains(b, "queue-proxy"):
+		return HopQueueProxy
+	case strings.Contains(b, ":8012"), strings.Contains(b, "revision"), strings.Contains(b, "activator"),
+		strings.Contains(b, "endpoint"), h.Get("Retry-After") != "":
+		return HopActivator
+	case strings.Contains(b, "no route for host"), strings.Contains(b, "no backend"), strings.TrimSpace(b) == "" && status >= 500:
+		return HopIngress
+	}
+	return HopUnknown
 }
 
 // Target is one service behind the ingress.
@@ -149,15 +190,21 @@ func (g Generator) one(ctx context.Context, client *http.Client, c clock.Passive
 	}
 	req.Host = t.Host
 	resp, err := client.Do(req)
+	var body []byte
+	var header http.Header
 	if err == nil {
-		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
-		o.Status = resp.StatusCode
+		o.Status, header = resp.StatusCode, resp.Header
 	}
 	o.Latency = c.Since(o.Send)
 	o.Class = Classify(o.Status, err)
-	if err != nil {
+	o.Hop = Hop(o.Status, err, string(body), header)
+	switch {
+	case err != nil:
 		o.Error = err.Error()
+	case o.Failed():
+		o.Error = strings.TrimSpace(string(body[:min(len(body), bodyLimit)]))
 	}
 	return o
 }

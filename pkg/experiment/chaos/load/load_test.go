@@ -71,8 +71,44 @@ func TestGeneratorRecordsEveryRequest(t *testing.T) {
 		if o.Target == "bad" {
 			want = Status5xx
 		}
-		if o.Class != want || o.Stream != "steady" {
+		wantHop := ""
+		if o.Target == "bad" {
+			wantHop = HopIngress // an empty 503
+		}
+		if o.Class != want || o.Stream != "steady" || o.Hop != wantHop {
 			t.Errorf("%+v: class %s, want %s", o, o.Class, want)
 		}
+	}
+}
+
+func TestHop(t *testing.T) {
+	retry := http.Header{"Retry-After": {"5"}}
+	for _, tc := range []struct {
+		name   string
+		status int
+		err    error
+		body   string
+		h      http.Header
+		want   string
+	}{
+		{"success", 200, nil, "hello", nil, ""},
+		{"transport error at the ingress", 0, syscall.ECONNREFUSED, "", nil, HopIngress},
+		{"activator dialled a pod", 502, nil, "dial tcp 10.88.0.23:8012: connect: connection refused\n", nil, HopActivator},
+		{"queue-proxy dialled the app", 502, nil, "dial tcp 127.0.0.1:8080: connect: connection refused", nil, HopQueueProxy},
+		{"activator cannot start the revision", 503, nil, "revision chaos/never-00001 cannot start: ...", retry, HopActivator},
+		{"activator sheds load", 503, nil, "overloaded", retry, HopActivator},
+		{"ingress proxy error", 502, nil, "", nil, HopIngress},
+		{"ingress without a route", 404, nil, `no route for host "x"`, nil, HopIngress},
+		{"nothing tells", 500, nil, "boom", nil, HopUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.h
+			if h == nil {
+				h = http.Header{}
+			}
+			if got := Hop(tc.status, tc.err, tc.body, h); got != tc.want {
+				t.Errorf("Hop = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
