@@ -341,6 +341,12 @@ func (r *Reconciler) groomTransitionTimes(pa, orig *autoscalingv1alpha1.PodAutos
 			if equality.Semantic.DeepEqual(*c, *old) {
 				continue
 			}
+			// Activating with a new reason (Queued, or why the pods cannot start, which the kubelet
+			// changes at each retry): the same activation, whose timeout runs from its start.
+			if c.Type == autoscalingv1alpha1.PodAutoscalerConditionActive &&
+				c.Status == corev1.ConditionUnknown && old.Status == corev1.ConditionUnknown {
+				continue
+			}
 		}
 		c.LastTransitionTime = now
 	}
@@ -348,6 +354,9 @@ func (r *Reconciler) groomTransitionTimes(pa, orig *autoscalingv1alpha1.PodAutos
 
 type podCounts struct {
 	want, ready, notReady, pending, terminating int
+	// cannotStart and its message, when every live pod is stuck (see cannotStart): the reason an
+	// activating PA reports instead of Queued.
+	cannotStart, cannotStartMessage string
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, pa *autoscalingv1alpha1.PodAutoscaler, logger *zap.SugaredLogger) error {
@@ -536,6 +545,7 @@ func (r *Reconciler) podCounts(pa *autoscalingv1alpha1.PodAutoscaler) (podCounts
 			}
 		}
 	}
+	pc.cannotStart, pc.cannotStartMessage = cannotStart(pods)
 	return pc, nil
 }
 
@@ -616,10 +626,15 @@ func computeActiveCondition(pa *autoscalingv1alpha1.PodAutoscaler, s *Settings, 
 			pa.Status.MarkInactive(reasonNoTraffic, "The target is not receiving traffic.")
 		}
 	case pc.ready < minReady:
-		if pc.want > 0 || !pa.Status.IsInactive() {
-			pa.Status.MarkActivating(reasonQueued, "Requests to the target are being buffered as resources are provisioned.")
-		} else {
+		switch {
+		case pc.want <= 0 && pa.Status.IsInactive():
 			pa.Status.MarkInactive(reasonNoTraffic, "The target is not receiving traffic.")
+		case pc.cannotStart != "":
+			// Still activating (the activation timeout runs on), but saying why the pods cannot start:
+			// the activator fails the revision's requests fast on it.
+			pa.Status.MarkActivating(pc.cannotStart, pc.cannotStartMessage)
+		default:
+			pa.Status.MarkActivating(reasonQueued, "Requests to the target are being buffered as resources are provisioned.")
 		}
 	default:
 		if pc.want > 0 || !pa.Status.IsInactive() {
