@@ -29,9 +29,10 @@ var (
 	scaleColor  = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}
 	faultColor  = color.RGBA{R: 0x7f, G: 0x7f, B: 0x7f, A: 0xff}
 	windowColor = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}
+	readyColor  = color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff}
 )
 
-// perSecond bins the run's requests by second since its start: ok and failed.
+// perSecond bins the run's requests by second since its start: ok and failed (lost or expected).
 func (r *Run) perSecond() (ok, failed plotter.XYs) {
 	n := int(math.Ceil(r.End.Sub(r.Start).Seconds())) + 1
 	okc, failc := make([]float64, n), make([]float64, n)
@@ -63,12 +64,13 @@ func timeline(r *Run) (*plot.Plot, error) {
 	p.Y.Min = 0
 	p.Legend.Top = true
 	ok, failed := r.perSecond()
-	var scale plotter.XYs
+	var scale, ready plotter.XYs
 	top := 1.0
 	for _, x := range r.Scale {
 		if x.PA == r.Steady {
 			scale = append(scale, plotter.XY{X: x.Time.Sub(r.Start).Seconds(), Y: float64(x.Desired)})
-			top = max(top, float64(x.Desired))
+			ready = append(ready, plotter.XY{X: x.Time.Sub(r.Start).Seconds(), Y: float64(x.Actual)})
+			top = max(top, float64(x.Desired), float64(x.Actual))
 		}
 	}
 	for _, xy := range ok {
@@ -78,7 +80,7 @@ func timeline(r *Run) (*plot.Plot, error) {
 		name string
 		xys  plotter.XYs
 		c    color.Color
-	}{{"ok/s", ok, okColor}, {"lost/s", failed, errColor}, {"steady desired scale", scale, scaleColor}} {
+	}{{"ok/s", ok, okColor}, {"failed/s", failed, errColor}, {"steady desired scale", scale, scaleColor}, {"steady ready pods", ready, readyColor}} {
 		if len(s.xys) == 0 {
 			continue
 		}

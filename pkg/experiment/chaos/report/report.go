@@ -55,7 +55,10 @@ type Run struct {
 	FaultEnd   time.Time `json:"fault_end"`
 	End        time.Time `json:"end"`
 	// Steady is the PodAutoscaler of the steady service: the one whose desired scale should not move.
-	Steady   string         `json:"steady_pa"`
+	Steady string `json:"steady_pa"`
+	// Doomed is the service the fault keeps from starting (never-ready): its failures from the fault's
+	// start until it serves again after the undo are expected, counted apart, never as lost.
+	Doomed   string         `json:"doomed,omitempty"`
 	Outcomes []load.Outcome `json:"-"`
 	Marks    []fault.Mark   `json:"marks"`
 	Scale    []ScaleSample  `json:"-"`
@@ -111,23 +114,76 @@ type Kill struct {
 
 // Summary is a run's figures.
 type Summary struct {
-	All          Count            `json:"all"`
-	Exposed      Count            `json:"exposed"` // during and after the faults: what the SLO is checked on
-	Phases       map[string]Count `json:"phases"`
-	Streams      map[string]Count `json:"streams"`
-	Classes      map[string]int   `json:"classes"`
-	MeetsSLO     bool             `json:"meets_slo"`
-	Kills        []Kill           `json:"kills,omitempty"`
-	MaxDeviation int64            `json:"max_desired_deviation"`
-	HandOffP50   time.Duration    `json:"handoff_p50_ns"`
-	HandOffMax   time.Duration    `json:"handoff_max_ns"`
-	Injections   int              `json:"injections"`
+	All      Count            `json:"all"`
+	Exposed  Count            `json:"exposed"` // during and after the faults: what the SLO is checked on
+	Phases   map[string]Count `json:"phases"`
+	Streams  map[string]Count `json:"streams"`
+	Classes  map[string]int   `json:"classes"`
+	MeetsSLO bool             `json:"meets_slo"`
+	// Hops counts the lost requests by the hop that answered (load.Hop).
+	Hops map[string]int `json:"hops"`
+	// Expected counts the requests to the doomed service inside its window, apart from the others;
+	// ExpectedClasses their failures by class, ExpectedP50 the failures' median latency (a clear
+	// failure is fast), and Recovery the time from the fault's undo to its first success (-1: none).
+	Expected        Count          `json:"expected"`
+	ExpectedClasses map[string]int `json:"expected_classes,omitempty"`
+	ExpectedP50     time.Duration  `json:"expected_failure_latency_p50_ns,omitempty"`
+	Recovery        time.Duration  `json:"recovery_ns,omitempty"`
+	Kills           []Kill         `json:"kills,omitempty"`
+	MaxDeviation    int64          `json:"max_desired_deviation"`
+	HandOffP50      time.Duration  `json:"handoff_p50_ns"`
+	HandOffMax      time.Duration  `json:"handoff_max_ns"`
+	Injections      int            `json:"injections"`
+}
+
+// doomedWindow is when the doomed service's failures are expected: from the fault's start until its
+// first success sent after the last undo (the end of the run when there is none).
+func (r *Run) doomedWindow() (from, until time.Time, recovery time.Duration) {
+	if r.Doomed == "" || r.FaultStart.IsZero() {
+		return time.Time{}, time.Time{}, 0
+	}
+	// Healed at the last undo (the schedule may wait out its duration after it), else at its end.
+	var healed time.Time
+	for _, m := range r.Marks {
+		if m.Kind == "undo" && m.Time.After(healed) {
+			healed = m.Time
+		}
+	}
+	if healed.IsZero() {
+		healed = r.FaultEnd
+	}
+	until = r.End.Add(time.Nanosecond)
+	recovery = -1
+	for _, o := range r.Outcomes {
+		if o.Target == r.Doomed && !o.Failed() && !o.Send.Before(healed) && o.Send.Before(until) {
+			until, recovery = o.Send, o.Send.Sub(healed)
+		}
+	}
+	return r.FaultStart, until, recovery
+}
+
+// Expected reports whether o is a request to the doomed service inside its window.
+func (r *Run) expected(o load.Outcome, from, until time.Time) bool {
+	return r.Doomed != "" && o.Target == r.Doomed && !o.Send.Before(from) && o.Send.Before(until)
 }
 
 // Summarize computes the run's summary.
 func (r *Run) Summarize() Summary {
-	s := Summary{Phases: map[string]Count{}, Streams: map[string]Count{}, Classes: map[string]int{}}
+	s := Summary{Phases: map[string]Count{}, Streams: map[string]Count{}, Classes: map[string]int{}, Hops: map[string]int{}}
+	from, until, recovery := r.doomedWindow()
+	var expectedLat []time.Duration
 	for _, o := range r.Outcomes {
+		if r.expected(o, from, until) {
+			s.Expected.add(o)
+			if o.Failed() {
+				if s.ExpectedClasses == nil {
+					s.ExpectedClasses = map[string]int{}
+				}
+				s.ExpectedClasses[o.Class]++
+				expectedLat = append(expectedLat, o.Latency)
+			}
+			continue
+		}
 		s.All.add(o)
 		ph := r.Phase(o.Send)
 		c := s.Phases[ph]
@@ -141,7 +197,15 @@ func (r *Run) Summarize() Summary {
 		s.Streams[o.Stream] = st
 		if o.Failed() {
 			s.Classes[o.Class]++
+			s.Hops[o.Hop]++
 		}
+	}
+	if r.Doomed != "" {
+		s.Recovery = recovery
+	}
+	if len(expectedLat) > 0 {
+		slices.Sort(expectedLat)
+		s.ExpectedP50 = expectedLat[len(expectedLat)/2]
 	}
 	s.MeetsSLO = s.Exposed.Ratio() >= r.SLO
 	var gaps []time.Duration
@@ -221,7 +285,7 @@ func (r *Run) handOff(pod string, t time.Time) (int, time.Duration) {
 // WriteTable prints one row per scenario and side.
 func WriteTable(w io.Writer, runs []*Run) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tside\trequests\tlost\tlost before\tlost during\tlost after\tsuccess (during+after)\tSLO\tinjections\tmax Δdesired 60s\thand-off p50\thand-off max\tlost by class\t")
+	fmt.Fprintln(tw, "scenario\tside\trequests\tlost\tlost before\tlost during\tlost after\tsuccess (during+after)\tSLO\tinjections\tmax Δdesired 60s\thand-off p50\thand-off max\tlost by class\tlost by hop\texpected failures\t")
 	sorted := slices.Clone(runs)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Scenario < sorted[j].Scenario })
 	for _, r := range sorted {
@@ -234,9 +298,18 @@ func WriteTable(w io.Writer, runs []*Run) error {
 		if s.HandOffMax > 0 {
 			ho50, homax = s.HandOffP50.Round(10*time.Millisecond).String(), s.HandOffMax.Round(10*time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.3f %s\t%d\t%d\t%s\t%s\t%s\t\n", r.Scenario, r.Side, s.All.Total, s.All.Failed,
+		expected := "-"
+		if r.Doomed != "" {
+			rec := "never"
+			if s.Recovery >= 0 {
+				rec = s.Recovery.Round(100 * time.Millisecond).String()
+			}
+			expected = fmt.Sprintf("%d/%d (%s, p50 %s), served %s after the undo", s.Expected.Failed, s.Expected.Total,
+				classes(s.ExpectedClasses), s.ExpectedP50.Round(10*time.Millisecond), rec)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.3f %s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Side, s.All.Total, s.All.Failed,
 			s.Phases[Before].Failed, s.Phases[During].Failed, s.Phases[After].Failed, s.Exposed.Ratio(), r.SLO, slo,
-			s.Injections, s.MaxDeviation, ho50, homax, classes(s.Classes))
+			s.Injections, s.MaxDeviation, ho50, homax, classes(s.Classes), classes(s.Hops), expected)
 	}
 	return tw.Flush()
 }

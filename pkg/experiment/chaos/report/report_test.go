@@ -124,3 +124,50 @@ func TestFiles(t *testing.T) {
 		t.Error("no error for an empty plot")
 	}
 }
+
+// Requests to the doomed service fail from the fault's start until it serves again after the undo:
+// those are expected, counted apart; a failure before the fault or after the recovery is lost.
+func TestDoomedFailuresAreCountedApart(t *testing.T) {
+	r := &Run{Side: "thaw", Scenario: "never-ready", SLO: 1, Steady: "steady", Doomed: "never",
+		Start: at(0), FaultStart: at(10), FaultEnd: at(70), End: at(100)}
+	r.Marks = []fault.Mark{{Time: at(10), Kind: "inject"}, {Time: at(40), Kind: "undo"}}
+	add := func(s float64, target string, ok bool) {
+		o := load.Outcome{Stream: "doomed", Target: target, Send: at(s), Status: 200, Class: load.OK}
+		if !ok {
+			o.Status, o.Class, o.Hop, o.Latency = 503, load.Status5xx, load.HopActivator, 2*time.Second
+		}
+		r.Outcomes = append(r.Outcomes, o)
+	}
+	add(5, "never", false)  // before the fault: lost
+	add(8, "never", true)   // fine
+	add(15, "never", false) // expected
+	add(30, "never", false) // expected
+	add(42, "never", false) // after the undo, not yet served: expected
+	add(45, "never", true)  // served again 5 s after the undo
+	add(50, "never", false) // after its recovery: lost
+	add(20, "steady", false)
+	s := r.Summarize()
+	if s.Expected.Total != 3 || s.Expected.Failed != 3 || s.ExpectedClasses[load.Status5xx] != 3 || s.ExpectedP50 != 2*time.Second {
+		t.Errorf("expected = %+v %v p50 %s", s.Expected, s.ExpectedClasses, s.ExpectedP50)
+	}
+	if s.All.Total != 5 || s.All.Failed != 3 || s.Hops[load.HopActivator] != 3 {
+		t.Errorf("all = %+v hops %v, want 5 with 3 lost", s.All, s.Hops)
+	}
+	if s.Recovery != 5*time.Second {
+		t.Errorf("recovery %s, want 5s", s.Recovery)
+	}
+	var b bytes.Buffer
+	if err := WriteCSV(&b, []*Run{r}); err != nil || strings.Count(b.String(), ",expected,") != 3 || strings.Count(b.String(), ",lost,") != 3 {
+		t.Errorf("csv: %v\n%s", err, b.String())
+	}
+	r.Summary = s
+	b.Reset()
+	if err := WriteTable(&b, []*Run{r}); err != nil || !strings.Contains(b.String(), "3/3 (5xx=3, p50 2s), served 5s after the undo") {
+		t.Errorf("table: %v\n%s", err, b.String())
+	}
+	// Never served again: every failure from the fault on is expected, and the table says so.
+	r.Outcomes = r.Outcomes[:5]
+	if s := r.Summarize(); s.Recovery != -1 || s.Expected.Total != 3 {
+		t.Errorf("no recovery: %+v %s", s.Expected, s.Recovery)
+	}
+}
