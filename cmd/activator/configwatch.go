@@ -19,8 +19,9 @@ type configHandlers map[string]func(*corev1.ConfigMap)
 
 // watchConfigMaps runs a ConfigMap informer in ns (the activator's RBAC
 // grants exactly that) until ctx ends, calling the handler of each changed
-// ConfigMap it knows.
-func watchConfigMaps(ctx context.Context, kube kubernetes.Interface, ns string, hs configHandlers) {
+// ConfigMap it knows, and dels' of each deleted one (the others keep their
+// last values, as upstream's watcher does without defaults).
+func watchConfigMaps(ctx context.Context, kube kubernetes.Interface, ns string, hs configHandlers, dels map[string]func()) {
 	f := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(ns))
 	inf := f.Core().V1().ConfigMaps().Informer()
 	apply := func(obj interface{}) {
@@ -33,6 +34,16 @@ func watchConfigMaps(ctx context.Context, kube kubernetes.Interface, ns string, 
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
 		UpdateFunc: func(_, obj interface{}) { apply(obj) },
+		DeleteFunc: func(obj interface{}) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if cm, ok := obj.(*corev1.ConfigMap); ok {
+				if d := dels[cm.Name]; d != nil {
+					d()
+				}
+			}
+		},
 	})
 	inf.Run(ctx.Done())
 }

@@ -25,7 +25,7 @@ func TestConfigMapsApplyAtRunTime(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		watchConfigMaps(ctx, kube, "knative-serving", configHandlers{"config-observability": observabilityHandler(p, rl, logger)})
+		watchConfigMaps(ctx, kube, "knative-serving", configHandlers{"config-observability": observabilityHandler(p, rl, logger)}, nil)
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()

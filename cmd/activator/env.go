@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thaw-dev/thaw/pkg/endpoints"
+	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
 
 // env is upstream's activator environment plus Thaw's own knobs.
@@ -29,6 +30,8 @@ type env struct {
 	// DrainTimeout is how long the activator keeps serving after SIGTERM
 	// while readiness fails (DRAIN_TIMEOUT, upstream's 45s).
 	DrainTimeout time.Duration
+	// FaultInjection is THAW_FAULT_INJECTION, the deploy-time switch of fault injection (see newFaults).
+	FaultInjection string
 
 	// Fixed in production; tests move them to loopback.
 	http1Addr, h2cAddr string
@@ -44,6 +47,7 @@ func loadEnv(getenv func(string) string) (*env, error) {
 		ClusterDomain:           getenv("CLUSTER_DOMAIN"),
 		ConfigLoggingName:       getenv("CONFIG_LOGGING_NAME"),
 		ConfigObservabilityName: getenv("CONFIG_OBSERVABILITY_NAME"),
+		FaultInjection:          getenv(faultinject.EnvVar),
 		http1Addr:               ":8012",
 		h2cAddr:                 ":8013",
 	}

@@ -173,8 +173,16 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	serving servingclient.Interface, meshMode endpoints.MeshMode, passthrough bool, logger *zap.SugaredLogger, level zap.AtomicLevel) error {
 	clk := clock.RealClock{}
 	reg := observability.NewRegistry()
+	id := observability.Identity{Service: component, PodName: e.PodName, Namespace: e.SystemNamespace, Version: observability.BuildVersion()}
+	metricsExport := observability.NewMetricsExporter(id, reg)
+	applyMetricsExport(metricsExport, obsCfg, logger)
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = metricsExport.Shutdown(sctx)
+	}()
 
-	tracing, err := observability.NewTracing(ctx, obsCfg, observability.Identity{Service: component, PodName: e.PodName, Namespace: e.SystemNamespace}, os.Stdout)
+	tracing, err := observability.NewTracing(ctx, obsCfg, id, os.Stdout)
 	if err != nil {
 		logger.Errorw("Tracing disabled", zap.Error(err))
 	}
@@ -191,6 +199,8 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		popts.WrapTransport = tracing.WrapTransport
 		hcfg.TracerProvider, hcfg.Propagator = tracing.Provider, tracing.Propagator
 	}
+	flt := newFaults(e.FaultInjection, clk, reg, logger)
+	popts.WrapTransport = flt.podTransport(popts.WrapTransport)
 	px := proxy.New(transport, logger.Named("proxy"), popts)
 
 	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth}, clk, logger.Named("throttler"))
@@ -215,7 +225,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		ProbeFrequency: e.ProbeFrequency,
 		MeshMode:       meshMode,
 		PassthroughLB:  passthrough,
-		Transport:      transport,
+		Transport:      flt.probeTransport(transport),
 		Clock:          clk,
 		Logger:         logger.Named("endpoints"),
 	})
@@ -225,7 +235,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		autoscalerURL = e.autoscalerURL
 	}
 	sink := statsink.New(autoscalerURL, statsink.Options{Registerer: reg, OnPokeSent: coldStarts.PokeSent}, clk, logger)
-	reporter := concurrency.New(e.PodName, sink, clk, reg)
+	reporter := concurrency.New(e.PodName, flt.sink(sink, clk), clk, reg)
 
 	// Background owners: all stop with bgCtx, after the servers are down.
 	bgCtx, bgCancel := context.WithCancel(context.Background())
@@ -242,12 +252,12 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	profiling := observability.NewProfiling(obsCfg.RuntimeProfiling)
 	requestLog := activator.NewRequestLogger(os.Stdout)
 	applyObservability(obsCfg, profiling, requestLog, logger)
-	start(func(c context.Context) {
-		watchConfigMaps(c, kube, e.SystemNamespace, configHandlers{
-			e.ConfigLoggingName:       loggingHandler(logger, level),
-			e.ConfigObservabilityName: observabilityHandler(profiling, requestLog, logger),
-		})
-	})
+	cmHandlers, cmDeletes := configHandlers{
+		e.ConfigLoggingName:       loggingHandler(logger, level),
+		e.ConfigObservabilityName: withMetricsExport(observabilityHandler(profiling, requestLog, logger), metricsExport, logger),
+	}, map[string]func(){}
+	flt.handlers(cmHandlers, cmDeletes)
+	start(func(c context.Context) { watchConfigMaps(c, kube, e.SystemNamespace, cmHandlers, cmDeletes) })
 
 	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
 	if !store.WaitForSync(syncCtx) || !epm.WaitForSync(syncCtx) {
@@ -277,7 +287,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	servers := []namedServer{
 		{name: "http1", srv: dataServer(e.http1Addr, handler)},
 		{name: "h2c", srv: dataServer(e.h2cAddr, handler)},
-		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg)},
+		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg, id)},
 		{name: "profile", srv: observability.NewProfilingServer(":"+strconv.Itoa(e.ProfilingPort), profiling)},
 	}
 	logger.Infow("Starting the activator", "podIP", e.PodIP, "queueDepth", e.QueueDepth, "drainTimeout", e.DrainTimeout)
