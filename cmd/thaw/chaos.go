@@ -22,7 +22,7 @@ import (
 
 func chaosCommands() map[string]command {
 	return map[string]command{
-		"run": {"chaos scenarios under load (autoscaler-kill, activator-kill, activator-delete, autoscaler-cutoff), every lost request counted", chaosRun},
+		"run": {"chaos scenarios under load (activator and autoscaler kills and deletes, cut-off, network loss, apiserver outage, user pod kills, a never-ready revision), every lost request counted", chaosRun},
 	}
 }
 
@@ -36,7 +36,9 @@ func chaosRun(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 5*time.Minute, "how long faults are applied per scenario and side")
 	period := fs.Duration("period", 20*time.Second, "time between two faults")
 	jitter := fs.Duration("jitter", 5*time.Second, "each period is shifted by up to ± this")
-	hold := fs.Duration("hold", 30*time.Second, "how long a cut-off lasts before it is healed")
+	hold := fs.Duration("hold", 30*time.Second, "how long a held fault (cut-off, network loss, apiserver outage, never-ready) lasts before it is undone")
+	loss := fs.Float64("loss", 0.1, "network-loss: share of the packets dropped between the activators and the pods, each way")
+	doomedEvery := fs.Duration("never-every", 10*time.Second, "never-ready: time between two requests to the service that cannot start")
 	before := fs.Duration("before", 30*time.Second, "load without faults before the first one")
 	after := fs.Duration("after", 60*time.Second, "load without faults after the last one")
 	rate := fs.Float64("rate", 10, "steady load, requests/s")
@@ -56,7 +58,7 @@ func chaosRun(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: thaw chaos run [flags] SCENARIO...\nscenarios:")
 		for _, s := range runner.Scenarios {
-			fmt.Fprintf(fs.Output(), "  %-18s SLO %.2f  %s\n", s.Name, s.SLO, s.Help)
+			fmt.Fprintf(fs.Output(), "  %-20s SLO %.2f  %s\n", s.Name, s.SLO, s.Help)
 		}
 		fs.PrintDefaults()
 	}
@@ -86,7 +88,7 @@ func chaosRun(ctx context.Context, args []string) error {
 	o := runner.Options{
 		Client: cl, Namespace: *ns, Image: *image, Ingress: *ingress, Scenarios: scenarios,
 		Duration: *duration, Period: *period, Jitter: *jitter, Hold: *hold, Before: *before, After: *after,
-		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout,
+		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout, Loss: *loss, DoomedEvery: *doomedEvery,
 		Shape: upstream.Shape{Replicas: *replicas, Buckets: *buckets}, Keep: *keep, Seed: *seed, Progress: os.Stdout,
 	}
 	if isLab {
@@ -96,11 +98,13 @@ func chaosRun(ctx context.Context, args []string) error {
 		o.Routable = host.ServiceProgrammed
 		o.Swap = lab.Swap
 		o.Containerd = &fault.Containerd{Ctr: lab.Paths.Ctr, Address: lab.Lab.Cfg.ContainerdSock()}
+		o.Daemons = lab.Lab.Procs
 	} else {
 		if o.Ingress == "" {
 			return errors.New("--ingress is required outside the lab")
 		}
-		fmt.Println("chaos: not the lab: kills are pod deletes with no grace period (no node access for a SIGKILL)")
+		fmt.Println("chaos: not the lab: kills are pod deletes with no grace period (no node access for a SIGKILL); " +
+			"autoscaler-cutoff, network-loss and apiserver-outage need the lab")
 		o.Swap = func(ctx context.Context, im swap.Images) error { return swap.Apply(ctx, cl.Kube, im, 3*time.Minute) }
 	}
 	cur, err := swap.Current(ctx, cl.Kube)

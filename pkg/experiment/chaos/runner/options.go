@@ -33,16 +33,31 @@ type Scenario struct {
 	// Hold is how long the fault stays (0 for kills and deletes).
 	Hold bool
 	// Lab marks faults that need node access (the lab's containerd and network namespaces).
-	Lab  bool
-	Help string
+	Lab bool
+	// APIServer marks faults that stop the lab's kube-apiserver process.
+	APIServer bool
+	// Once applies the fault a single time at the start of the duration (held for --hold).
+	Once bool
+	// Doomed creates the never-ready service and its load; its failures in the fault are expected.
+	Doomed bool
+	// UndoTimeout bounds the undo (0: the fault package's default).
+	UndoTimeout time.Duration
+	Help        string
 }
 
 // Scenarios are the faults `thaw chaos run` knows.
 var Scenarios = []Scenario{
 	{Name: "autoscaler-kill", SLO: 1.0, Help: "SIGKILL the autoscaler pod holding a random bucket every --period (3 replicas, 10 buckets, Leases 15s/10s/2s)"},
+	{Name: "autoscaler-delete", SLO: 1.0, Help: "delete the autoscaler pod holding a random bucket gracefully every --period"},
 	{Name: "activator-kill", SLO: 0.90, Help: "SIGKILL a random activator pod every --period"},
+	{Name: "activator-kill-all", SLO: 0.90, Help: "SIGKILL every activator pod at once every --period"},
 	{Name: "activator-delete", SLO: 1.0, Help: "delete a random activator pod gracefully every --period"},
+	{Name: "activator-delete-all", SLO: 1.0, Help: "delete every activator pod gracefully at once every --period"},
 	{Name: "autoscaler-cutoff", SLO: 1.0, Hold: true, Lab: true, Help: "drop every activator's traffic to the autoscaler's :8080 for --hold, every --period"},
+	{Name: "network-loss", SLO: 1.0, Hold: true, Lab: true, Help: "drop --loss of the packets between every activator and the pods (:80, :8012) both ways for --hold, every --period"},
+	{Name: "apiserver-outage", SLO: 1.0, Hold: true, APIServer: true, UndoTimeout: 2 * time.Minute, Help: "stop the lab's kube-apiserver (SIGKILL) for --hold, every --period"},
+	{Name: "user-pod-kill", SLO: 0.90, Help: "SIGKILL the app container of a cold service's pod as it scales up, every --period"},
+	{Name: "never-ready", SLO: 1.0, Hold: true, Once: true, Doomed: true, Help: "a service whose new pods cannot start for --hold (its ConfigMap deleted, then put back); its failures are counted apart"},
 }
 
 // ScenarioByName finds a scenario.
@@ -83,13 +98,22 @@ type Options struct {
 	Shape upstream.Shape
 	// Containerd kills containers on the lab's node; nil deletes pods with no grace instead.
 	Containerd *fault.Containerd
-	Sides      []Side
-	Swap       func(ctx context.Context, im swap.Images) error
-	Restore    swap.Images
-	Keep       bool
-	Seed       uint64
-	Progress   io.Writer
-	Clock      clock.WithTicker
+	// Daemons stops and starts the lab's control plane (apiserver-outage); nil off the lab.
+	Daemons fault.Daemons
+	// Loss is the share of packets network-loss drops.
+	Loss float64
+	// DoomedEvery is the interval of the never-ready service's load (default 10s).
+	DoomedEvery time.Duration
+	// Settle is the wait after the shape is in place, for the activators' stat websockets to reach
+	// the autoscalers that took the buckets (default 10s).
+	Settle   time.Duration
+	Sides    []Side
+	Swap     func(ctx context.Context, im swap.Images) error
+	Restore  swap.Images
+	Keep     bool
+	Seed     uint64
+	Progress io.Writer
+	Clock    clock.WithTicker
 }
 
 func (o *Options) validate() error {
@@ -108,6 +132,15 @@ func (o *Options) validate() error {
 			errs = append(errs, fmt.Errorf("%s needs the lab's node (iptables in the activators' network namespaces); "+
 				"on another cluster it needs fault injection inside the components", s.Name))
 		}
+		if s.APIServer && o.Daemons == nil {
+			errs = append(errs, fmt.Errorf("%s needs the lab (it stops the kube-apiserver process)", s.Name))
+		}
+		if s.Name == "network-loss" && (o.Loss <= 0 || o.Loss >= 1) {
+			errs = append(errs, fmt.Errorf("network-loss: loss %v, want a share between 0 and 1", o.Loss))
+		}
+		if s.Hold && o.Hold <= 0 {
+			errs = append(errs, fmt.Errorf("%s needs a positive hold", s.Name))
+		}
 	}
 	if o.Duration <= 0 || o.Period <= 0 || o.Rate <= 0 || o.ColdServices <= 0 || o.ColdEvery <= 0 || o.Timeout <= 0 {
 		errs = append(errs, errors.New("duration, period, rate, cold services, cold interval and timeout must be positive"))
@@ -125,6 +158,12 @@ func (o *Options) validate() error {
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
+	}
+	if o.DoomedEvery <= 0 {
+		o.DoomedEvery = 10 * time.Second
+	}
+	if o.Settle <= 0 {
+		o.Settle = settle
 	}
 	return errors.Join(errs...)
 }

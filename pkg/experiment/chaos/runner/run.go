@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,7 +41,15 @@ type run struct {
 	o   Options
 	rnd *rand.Rand
 	cl  *upstream.Cluster
+	// doomed is the never-ready scenario's service (nil when it does not run).
+	doomed *load.Target
 }
+
+// Names of the never-ready scenario's service and of the ConfigMap its pods mount.
+const (
+	doomedService   = "never"
+	doomedConfigMap = "chaos-never"
+)
 
 func (r *run) progress(format string, args ...any) {
 	fmt.Fprintf(r.o.Progress, "chaos: "+format+"\n", args...)
@@ -142,7 +151,7 @@ func (r *run) waitShape(ctx context.Context, side Side, t0 time.Time) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-r.o.Clock.After(settle):
+	case <-r.o.Clock.After(r.o.Settle):
 	}
 	r.progress("[%s] components in place, every bucket held (%s)", side.Name, r.o.Clock.Since(t0).Round(time.Second))
 	return nil
@@ -164,6 +173,37 @@ func (r *run) injector(sc Scenario) (fault.Injector, error) {
 			return nil, errors.New("autoscaler-cutoff needs the lab")
 		}
 		return fault.Cutoff(kc, *r.o.Containerd, fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}, 8080), nil
+	case "autoscaler-delete":
+		return fault.AutoscalerDelete(fault.Pods{Kube: kc, Component: "autoscaler", Rand: r.rnd}, r.rnd), nil
+	case "activator-kill-all":
+		return fault.ActivatorKillAll(fault.Killer{Kube: kc, Containerd: r.o.Containerd, Component: "activator"},
+			fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}), nil
+	case "activator-delete-all":
+		return fault.PodDeleteAll(fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}), nil
+	case "network-loss":
+		if r.o.Containerd == nil {
+			return nil, errors.New("network-loss needs the lab")
+		}
+		return fault.NetworkLoss(*r.o.Containerd, fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}, r.o.Loss), nil
+	case "apiserver-outage":
+		if r.o.Daemons == nil {
+			return nil, errors.New("apiserver-outage needs the lab")
+		}
+		return fault.Outage{Daemons: r.o.Daemons, Name: "kube-apiserver", Clock: r.o.Clock,
+			Ready: func(ctx context.Context) error {
+				_, err := kc.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+				return err
+			}}, nil
+	case "user-pod-kill":
+		return fault.UserPodKill{Killer: fault.Killer{Kube: kc, Containerd: r.o.Containerd, Component: fault.UserContainer, Namespace: r.o.Namespace},
+			Service: func(name string) bool { return strings.HasPrefix(name, "cold-") },
+			// A cold pod lives about 15 s (6 s window, 6 s grace): kill it in its first seconds.
+			Young: 10 * time.Second, Wait: min(r.o.Period/2, 15*time.Second), Clock: r.o.Clock}, nil
+	case "never-ready":
+		if r.doomed == nil {
+			return nil, errors.New("never-ready: its service was not created")
+		}
+		return fault.ConfigMapRemove(kc, r.o.Namespace, doomedConfigMap), nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q", sc.Name)
 }
@@ -176,6 +216,9 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 		return nil, err
 	}
 	rr := &report.Run{Side: side.Name, Scenario: sc.Name, SLO: sc.SLO, Steady: steady.Name}
+	if sc.Doomed {
+		rr.Doomed = r.doomed.Name
+	}
 	var mu sync.Mutex
 	record := func(out load.Outcome) { mu.Lock(); rr.Outcomes = append(rr.Outcomes, out); mu.Unlock() }
 
@@ -195,6 +238,12 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 		load.Generator{Stream: "cold", Ingress: o.Ingress, Targets: cold, Client: client,
 			Interval: o.ColdEvery, Timeout: o.Timeout, Clock: o.Clock}.Run(lctx, record)
 	})
+	if sc.Doomed {
+		loads.Go(func() {
+			load.Generator{Stream: "doomed", Ingress: o.Ingress, Targets: []load.Target{*r.doomed}, Client: client,
+				Interval: o.DoomedEvery, Timeout: o.Timeout, Clock: o.Clock}.Run(lctx, record)
+		})
+	}
 	wg.Go(func() { r.report(sctx, rr, &mu) })
 	finish := func() {
 		stopLoads()
@@ -221,11 +270,18 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 		hold = o.Hold
 		period = max(period, 2*hold)
 	}
+	if sc.Once {
+		period = o.Duration
+	}
 	mu.Lock()
 	rr.FaultStart = o.Clock.Now()
 	mu.Unlock()
-	marks, ferr := fault.Schedule{Injector: inj, Period: period, Jitter: o.Jitter, Duration: o.Duration, Hold: hold,
-		Clock: o.Clock, Rand: r.rnd, OnMark: func(m fault.Mark) {
+	jitter := o.Jitter
+	if sc.Once {
+		jitter = 0
+	}
+	marks, ferr := fault.Schedule{Injector: inj, Period: period, Jitter: jitter, Duration: o.Duration, Hold: hold,
+		UndoTimeout: sc.UndoTimeout, Clock: o.Clock, Rand: r.rnd, OnMark: func(m fault.Mark) {
 			r.progress("[%s/%s] %s %s %s", side.Name, sc.Name, m.Kind, m.Target, m.Detail)
 		}}.Run(ctx)
 	mu.Lock()
@@ -389,6 +445,23 @@ func (r *run) services(ctx context.Context) (load.Target, []load.Target, error) 
 		names = append(names, n)
 		objs = append(objs, mk(n, map[string]any{"autoscaling.knative.dev/window": "6s"}))
 	}
+	doomed := slices.ContainsFunc(o.Scenarios, func(s Scenario) bool { return s.Doomed })
+	if doomed {
+		// never-ready's service mounts a ConfigMap that the fault deletes; a short progress deadline
+		// lets the revision report that its pods cannot start while the fault lasts.
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: doomedConfigMap, Namespace: o.Namespace},
+			Data: map[string]string{"why": "mounted by the never-ready scenario's service"}}
+		if _, err := o.Client.Kube.CoreV1().ConfigMaps(o.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return load.Target{}, nil, err
+		}
+		svc := mk(doomedService, map[string]any{"autoscaling.knative.dev/window": "6s", "serving.knative.dev/progress-deadline": "30s"})
+		spec := svc.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		spec["volumes"] = []any{map[string]any{"name": "never", "configMap": map[string]any{"name": doomedConfigMap}}}
+		c := spec["containers"].([]any)[0].(map[string]any)
+		c["volumeMounts"] = []any{map[string]any{"name": "never", "mountPath": "/etc/chaos-never", "readOnly": true}}
+		objs = append(objs, svc)
+		names = append(names, doomedService)
+	}
 	if err := o.Client.Apply(ctx, objs); err != nil {
 		return load.Target{}, nil, err
 	}
@@ -417,6 +490,11 @@ func (r *run) services(ctx context.Context) (load.Target, []load.Target, error) 
 		}
 		targets = append(targets, load.Target{Name: n, Host: p.Host, Path: path})
 	}
-	r.progress("services Ready in %s: steady (min-scale 1, target 1) and %d cold", o.Namespace, o.ColdServices)
-	return targets[0], targets[1:], nil
+	cold := targets[1 : 1+o.ColdServices]
+	if doomed {
+		r.doomed = &targets[len(targets)-1]
+	}
+	r.progress("services Ready in %s: steady (min-scale 1, target 1), %d cold%s", o.Namespace, o.ColdServices,
+		map[bool]string{true: " and " + doomedService + " (never-ready)"}[doomed])
+	return targets[0], cold, nil
 }
