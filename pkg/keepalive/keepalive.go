@@ -383,7 +383,12 @@ type Plan struct {
 // Plan returns what the policy wants now. While the revision is busy it
 // wants a pod (the decider says how many); before its first request it wants
 // none.
-func (p *Policy) Plan() Plan {
+func (p *Policy) Plan() Plan { return p.PlanAt(p.clk.Now()) }
+
+// PlanAt is what the policy will want at now if nothing changes until then:
+// an autoscaler asks for a pod start's time ahead, so that a pre-warmed pod
+// is ready when the policy wants it.
+func (p *Policy) PlanAt(now time.Time) Plan {
 	w := p.Windows()
 	switch {
 	case p.busy:
@@ -391,7 +396,6 @@ func (p *Policy) Plan() Plan {
 	case p.idleSince.IsZero():
 		return Plan{Windows: w}
 	}
-	now := p.clk.Now()
 	pre, end := p.idleSince.Add(w.PreWarm), p.idleSince.Add(w.End())
 	switch {
 	case now.Before(pre):

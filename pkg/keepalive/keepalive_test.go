@@ -262,3 +262,21 @@ func TestValidate(t *testing.T) {
 		t.Errorf("default config: %v", err)
 	}
 }
+
+func TestPlanAtAndSummary(t *testing.T) {
+	p, clk := newPolicy(t, PaperConfig())
+	feed(p, clk, time.Second, repeat(10*time.Minute+20*time.Second, 20)...)
+	idle := clk.Now()
+	// Asked a pod start ahead, the plan at 9 min shows at 8m59s.
+	if pl := p.PlanAt(idle.Add(9 * time.Minute)); !pl.Pod || !pl.Next.Equal(idle.Add(12*time.Minute+6*time.Second)) {
+		t.Errorf("plan at idle+9m: %+v", pl)
+	}
+	if pl, at := p.Plan(), p.PlanAt(clk.Now()); pl != at {
+		t.Errorf("Plan %+v != PlanAt(now) %+v", pl, at)
+	}
+	s := p.Summary()
+	if s.Mode != "histogram" || s.PreWarmSeconds != 540 || absDiff(time.Duration(s.KeepAliveSeconds*float64(time.Second)), 3*time.Minute+6*time.Second) > time.Millisecond ||
+		s.IdleTimes != 20 || s.OutOfBounds != 0 {
+		t.Errorf("summary %+v", s)
+	}
+}

@@ -133,6 +133,8 @@ type Reconciler struct {
 	wake  *waker
 	// pacing holds scale-ups from zero to the pod-start capacity.
 	pacing *pacing
+	// keepAlive holds the learned keep-alive policies (keepalive.go).
+	keepAlive *keepAlives
 }
 
 // New returns a Reconciler and registers its event handlers on the
@@ -169,6 +171,9 @@ func New(d Deps) (*Reconciler, error) {
 	r.wake = newWaker()
 	var err error
 	if r.pacing, err = newPacing(r); err != nil {
+		return nil, err
+	}
+	if r.keepAlive, err = newKeepAlives(r); err != nil {
 		return nil, err
 	}
 	r.probes = newAsyncProber(d.Prober, d.Clock, r.EnqueueAfter, d.Logger)
@@ -256,6 +261,7 @@ func (r *Reconciler) ResyncAll() {
 	if err != nil {
 		return
 	}
+	r.keepAlive.resync(pas)
 	for _, pa := range pas {
 		if isKPA(pa) {
 			r.Enqueue(types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name})
@@ -273,6 +279,7 @@ func (r *Reconciler) Run(ctx context.Context, workers int) error {
 	var wg sync.WaitGroup
 	r.runWake(ctx, &wg)
 	r.pacing.start(ctx, &wg)
+	r.keepAlive.start(ctx, &wg)
 	workloop.Run(ctx, r.queue, workers, r.Reconcile, func(key types.NamespacedName, err error) {
 		r.d.Logger.Warnw("PodAutoscaler reconcile failed; retrying", "key", key.String(), zap.Error(err))
 	})
@@ -315,18 +322,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, key types.NamespacedName) er
 			"unsuccessfully observed a new generation")
 	}
 	logger := r.d.Logger.With("key", key.String())
+	r.keepAlive.sync(orig)
 	rerr := r.reconcile(ctx, pa, logger)
 
 	st.ObservedGeneration = pa.Generation
 	r.groomTransitionTimes(pa, orig)
 	if equality.Semantic.DeepEqual(orig.Status, pa.Status) {
-		return rerr
+		return errors.Join(rerr, r.keepAlive.persist(ctx, orig))
 	}
 	if _, err := r.d.ServingClient.AutoscalingV1alpha1().PodAutoscalers(pa.Namespace).UpdateStatus(ctx, pa,
 		metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return errors.Join(rerr, fmt.Errorf("updating status: %w", err))
 	}
-	return rerr
+	// After the status: the annotations' patch moves the resource version.
+	return errors.Join(rerr, r.keepAlive.persist(ctx, orig))
 }
 
 // groomTransitionTimes keeps a condition's transition time unless the

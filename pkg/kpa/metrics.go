@@ -50,11 +50,13 @@ func (r *Reconciler) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	r.pacing.Describe(ch)
+	r.keepAlive.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (r *Reconciler) Collect(ch chan<- prometheus.Metric) {
 	r.pacing.Collect(ch)
+	r.keepAlive.Collect(ch)
 	r.podMetrics.mu.Lock()
 	defer r.podMetrics.mu.Unlock()
 	for k, g := range r.podMetrics.m {

@@ -178,6 +178,12 @@ func (r *Reconciler) handleScaleToZero(ctx context.Context, pa *autoscalingv1alp
 		}
 	}
 	lastPod := s.Retention
+	if on, d, apply, done := r.keepAliveInactive(pa, key, now, logger); done {
+		return d, apply
+	} else if on {
+		// The policy let the pod go: only the grace period is left.
+		lastPod = 0
+	}
 	inactive := pa.Status.InactiveFor(now)
 	if inactive >= max(cfg.ScaleToZeroGracePeriod, lastPod) {
 		return desired, true

@@ -197,11 +197,13 @@ func MakeSKS(pa *autoscalingv1alpha1.PodAutoscaler, mode nv1alpha1.ServerlessSer
 	}
 }
 
-// copyMap copies m without the key skip.
+// copyMap copies m without the key skip, nor the keep-alive annotations
+// the autoscaler writes on the PA (copied, each write would rewrite the
+// Metric and the SKS).
 func copyMap(m map[string]string, skip string) map[string]string {
 	out := make(map[string]string, len(m))
 	for k, v := range m {
-		if k != skip {
+		if k != skip && k != asconfig.KeepAliveStateAnnotationKey && k != asconfig.KeepAliveWindowsAnnotationKey {
 			out[k] = v
 		}
 	}
