@@ -103,7 +103,8 @@ test-upstream-ci:
 # and autoscaler and then Thaw's; every request accounted, report in $(BIN)/chaos (CSV, JSON, timeline
 # plot, table). Brings the lab up (or reuses a running one) and down at the end unless THAW_KEEP_LAB=1.
 # CHAOS_SCENARIOS and CHAOS_FLAGS (e.g. --duration 2m) select; see the README's "Chaos".
-CHAOS_SCENARIOS ?= autoscaler-kill activator-kill activator-delete autoscaler-cutoff
+CHAOS_SCENARIOS ?= autoscaler-kill autoscaler-delete activator-kill activator-kill-all activator-delete \
+  activator-delete-all autoscaler-cutoff network-loss apiserver-outage user-pod-kill never-ready
 CHAOS_FLAGS ?=
 chaos:
 	$(GO) build -o $(BIN)/ ./cmd/thaw
