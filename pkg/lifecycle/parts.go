@@ -101,6 +101,7 @@ func (a *app) newParts(logger *zap.SugaredLogger, reg prometheus.Registerer) (*p
 		OnScrape: func(key types.NamespacedName, at time.Time, s wire.Stat) {
 			s.Timestamp = at.Unix()
 			a.fwd.Mirror(wire.StatMessage{Key: key, Stat: s})
+			p.kpa.ObserveStat(key, s) // the keep-alive policy's idle times
 		}})
 	p.ms = multiscaler.New(multiscaler.Options{
 		Clock:      a.clock,

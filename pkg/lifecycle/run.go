@@ -354,6 +354,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 // take records a stat and pokes its decider when this replica holds the revision's bucket.
 func (a *app) take(sm wire.StatMessage) {
 	a.p.coll.Record(sm.Key, timeOf(sm.Stat), sm.Stat)
+	a.p.kpa.ObserveStat(sm.Key, sm.Stat)
 	if a.el.Owns(sm.Key) {
 		a.p.ms.Poke(sm.Key, sm.Stat)
 	}
