@@ -218,6 +218,7 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 	rr := &report.Run{Side: side.Name, Scenario: sc.Name, SLO: sc.SLO, Steady: steady.Name}
 	if sc.Doomed {
 		rr.Doomed = r.doomed.Name
+		r.waitZero(ctx, side, sc, r.doomed.Name)
 	}
 	var mu sync.Mutex
 	record := func(out load.Outcome) { mu.Lock(); rr.Outcomes = append(rr.Outcomes, out); mu.Unlock() }
@@ -238,10 +239,15 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 		load.Generator{Stream: "cold", Ingress: o.Ingress, Targets: cold, Client: client,
 			Interval: o.ColdEvery, Timeout: o.Timeout, Clock: o.Clock}.Run(lctx, record)
 	})
-	if sc.Doomed {
-		loads.Go(func() {
-			load.Generator{Stream: "doomed", Ingress: o.Ingress, Targets: []load.Target{*r.doomed}, Client: client,
-				Interval: o.DoomedEvery, Timeout: o.Timeout, Clock: o.Clock}.Run(lctx, record)
+	// The never-ready service's load starts with the fault, so that its first request finds it at
+	// zero with its pods unable to start.
+	var doomedOnce sync.Once
+	startDoomed := func() {
+		doomedOnce.Do(func() {
+			loads.Go(func() {
+				load.Generator{Stream: "doomed", Ingress: o.Ingress, Targets: []load.Target{*r.doomed}, Client: client,
+					Interval: o.DoomedEvery, Timeout: o.Timeout, Clock: o.Clock}.Run(lctx, record)
+			})
 		})
 	}
 	wg.Go(func() { r.report(sctx, rr, &mu) })
@@ -283,6 +289,9 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 	marks, ferr := fault.Schedule{Injector: inj, Period: period, Jitter: jitter, Duration: o.Duration, Hold: hold,
 		UndoTimeout: sc.UndoTimeout, Clock: o.Clock, Rand: r.rnd, OnMark: func(m fault.Mark) {
 			r.progress("[%s/%s] %s %s %s", side.Name, sc.Name, m.Kind, m.Target, m.Detail)
+			if sc.Doomed && m.Kind == "inject" {
+				startDoomed()
+			}
 		}}.Run(ctx)
 	mu.Lock()
 	rr.FaultEnd = o.Clock.Now()
@@ -309,6 +318,29 @@ func (r *run) scenario(ctx context.Context, side Side, sc Scenario, steady load.
 		return rr, err
 	}
 	return rr, nil
+}
+
+// zeroTimeout bounds the wait for the never-ready service to be at zero before its fault.
+const zeroTimeout = 90 * time.Second
+
+// waitZero waits until the service has no pod left, so that the fault meets a cold start; after
+// zeroTimeout it says so and goes on (the requests still count).
+func (r *run) waitZero(ctx context.Context, side Side, sc Scenario, service string) {
+	t0 := r.o.Clock.Now()
+	for {
+		list, err := r.o.Client.Kube.CoreV1().Pods(r.o.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "serving.knative.dev/service=" + service})
+		if err == nil && len(list.Items) == 0 {
+			r.progress("[%s/%s] %s at zero (%s)", side.Name, sc.Name, service, r.o.Clock.Since(t0).Round(time.Second))
+			return
+		}
+		if r.o.Clock.Since(t0) > zeroTimeout {
+			r.progress("[%s/%s] %s not at zero after %s: going on", side.Name, sc.Name, service, zeroTimeout)
+			return
+		}
+		if !sleep(ctx, r.o, time.Second) {
+			return
+		}
+	}
 }
 
 func sleep(ctx context.Context, o Options, d time.Duration) bool {
