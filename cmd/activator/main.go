@@ -173,8 +173,16 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	serving servingclient.Interface, meshMode endpoints.MeshMode, passthrough bool, logger *zap.SugaredLogger, level zap.AtomicLevel) error {
 	clk := clock.RealClock{}
 	reg := observability.NewRegistry()
+	id := observability.Identity{Service: component, PodName: e.PodName, Namespace: e.SystemNamespace, Version: observability.BuildVersion()}
+	metricsExport := observability.NewMetricsExporter(id, reg)
+	applyMetricsExport(metricsExport, obsCfg, logger)
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = metricsExport.Shutdown(sctx)
+	}()
 
-	tracing, err := observability.NewTracing(ctx, obsCfg, observability.Identity{Service: component, PodName: e.PodName, Namespace: e.SystemNamespace}, os.Stdout)
+	tracing, err := observability.NewTracing(ctx, obsCfg, id, os.Stdout)
 	if err != nil {
 		logger.Errorw("Tracing disabled", zap.Error(err))
 	}
@@ -246,7 +254,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	applyObservability(obsCfg, profiling, requestLog, logger)
 	cmHandlers, cmDeletes := configHandlers{
 		e.ConfigLoggingName:       loggingHandler(logger, level),
-		e.ConfigObservabilityName: observabilityHandler(profiling, requestLog, logger),
+		e.ConfigObservabilityName: withMetricsExport(observabilityHandler(profiling, requestLog, logger), metricsExport, logger),
 	}, map[string]func(){}
 	flt.handlers(cmHandlers, cmDeletes)
 	start(func(c context.Context) { watchConfigMaps(c, kube, e.SystemNamespace, cmHandlers, cmDeletes) })
@@ -279,7 +287,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	servers := []namedServer{
 		{name: "http1", srv: dataServer(e.http1Addr, handler)},
 		{name: "h2c", srv: dataServer(e.h2cAddr, handler)},
-		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg)},
+		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg, id)},
 		{name: "profile", srv: observability.NewProfilingServer(":"+strconv.Itoa(e.ProfilingPort), profiling)},
 	}
 	logger.Infow("Starting the activator", "podIP", e.PodIP, "queueDepth", e.QueueDepth, "drainTimeout", e.DrainTimeout)

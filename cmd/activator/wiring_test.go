@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -152,11 +153,15 @@ func testWiring(t *testing.T, autoscalerUp bool) {
 	}
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	reachable := "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 1"
+	// As upstream's page, the instrument's scope is in otel_scope_* labels beside peer.
+	reachable := regexp.MustCompile(`kn_activator_stats_conn_reachable\{otel_scope_name="knative.dev/serving/pkg/activator",[^}]*peer="autoscaler"\} 1`)
 	if !autoscalerUp {
-		reachable = "kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 0"
+		reachable = regexp.MustCompile(`kn_activator_stats_conn_reachable\{[^}]*peer="autoscaler"\} 0`)
 	}
-	for _, want := range []string{"http_server_request_duration_seconds_bucket", reachable, "kn_revision_request_active"} {
+	if !reachable.Match(b) {
+		t.Errorf("metrics lack %s", reachable)
+	}
+	for _, want := range []string{"http_server_request_duration_seconds_bucket", "kn_revision_request_active"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %s", want)
 		}

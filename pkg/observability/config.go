@@ -5,6 +5,7 @@ package observability
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -22,8 +23,8 @@ const (
 // Config is the part of config-observability the activator uses.
 type Config struct {
 	// MetricsProtocol is none, prometheus, grpc or http/protobuf. Thaw always
-	// serves Prometheus on the metrics port whatever it says (see Serve); grpc
-	// and http/protobuf also push OTLP to MetricsEndpoint (NewMetricsExport).
+	// serves Prometheus on the metrics port whatever it says (NewMetricsServer);
+	// grpc and http/protobuf also push OTLP to MetricsEndpoint (MetricsExporter).
 	MetricsProtocol string
 	MetricsEndpoint string
 	// MetricsExportInterval is metrics-export-interval; 0 is the OTel SDK's
@@ -104,5 +105,47 @@ func NewConfigFromMap(data map[string]string) (*Config, error) {
 			c.RequestLogTemplate = v
 		}
 	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// validate applies upstream's rules (knative.dev/pkg observability/metrics and tracing Config.Validate):
+// OTLP needs an endpoint, none (and stdout) must not have one, and prometheus' endpoint is the
+// host:port to listen on.
+func (c *Config) validate() error {
+	switch c.MetricsProtocol {
+	case ProtocolGRPC, ProtocolHTTP:
+		if c.MetricsEndpoint == "" {
+			return fmt.Errorf("metrics-endpoint should be set when metrics-protocol is %q", c.MetricsProtocol)
+		}
+		if _, err := endpointURL(c.MetricsEndpoint); err != nil {
+			return fmt.Errorf("metrics-endpoint: %w", err)
+		}
+	case ProtocolNone:
+		if c.MetricsEndpoint != "" {
+			return fmt.Errorf("metrics-endpoint should not be set when metrics-protocol is %q", c.MetricsProtocol)
+		}
+	case ProtocolPrometheus:
+		if c.MetricsEndpoint != "" {
+			if _, _, err := net.SplitHostPort(c.MetricsEndpoint); err != nil {
+				return fmt.Errorf("metrics-endpoint %q for prometheus should be host:port", c.MetricsEndpoint)
+			}
+		}
+	}
+	switch c.TracingProtocol {
+	case ProtocolGRPC, ProtocolHTTP:
+		if c.TracingEndpoint == "" {
+			return fmt.Errorf("tracing-endpoint should be set when tracing-protocol is %q", c.TracingProtocol)
+		}
+		if _, err := endpointURL(c.TracingEndpoint); err != nil {
+			return fmt.Errorf("tracing-endpoint: %w", err)
+		}
+	case ProtocolNone, ProtocolStdout:
+		if c.TracingEndpoint != "" {
+			return fmt.Errorf("tracing-endpoint should not be set when tracing-protocol is %q", c.TracingProtocol)
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -22,15 +23,23 @@ func TestNewConfigFromMap(t *testing.T) {
 		{name: "defaults", data: nil, want: *Defaults()},
 		{name: "all set", data: map[string]string{
 			"metrics-protocol": "prometheus", "tracing-protocol": "grpc", "tracing-endpoint": "otel:4317",
-			"tracing-sampling-rate": "0.5", "runtime-profiling": "enabled",
+			"metrics-export-interval": "30s",
+			"tracing-sampling-rate":   "0.5", "runtime-profiling": "enabled",
 			"logging.enable-request-log": "true", "logging.request-log-template": "{{.Request.URL}}",
-		}, want: Config{MetricsProtocol: "prometheus", TracingProtocol: "grpc", TracingEndpoint: "otel:4317",
+		}, want: Config{MetricsProtocol: "prometheus", MetricsExportInterval: 30 * time.Second, TracingProtocol: "grpc", TracingEndpoint: "otel:4317",
 			TracingSamplingRate: 0.5, RuntimeProfiling: true, EnableRequestLog: true, RequestLogTemplate: "{{.Request.URL}}"}},
 		{name: "bad metrics protocol", data: map[string]string{"metrics-protocol": "opencensus"}, wantErr: "metrics-protocol"},
 		{name: "bad tracing protocol", data: map[string]string{"tracing-protocol": "zipkin"}, wantErr: "tracing-protocol"},
 		{name: "bad rate", data: map[string]string{"tracing-sampling-rate": "2"}, wantErr: "tracing-sampling-rate"},
 		{name: "bad profiling", data: map[string]string{"runtime-profiling": "yes"}, wantErr: "runtime-profiling"},
 		{name: "bad request log", data: map[string]string{"logging.enable-request-log": "maybe"}, wantErr: "enable-request-log"},
+		// upstream's Validate rules
+		{name: "otlp without endpoint", data: map[string]string{"metrics-protocol": "grpc"}, wantErr: "metrics-endpoint should be set"},
+		{name: "none with endpoint", data: map[string]string{"metrics-endpoint": "otel:4317"}, wantErr: "should not be set"},
+		{name: "prometheus endpoint not host:port", data: map[string]string{"metrics-protocol": "prometheus", "metrics-endpoint": "9091"}, wantErr: "host:port"},
+		{name: "ip:port without scheme", data: map[string]string{"metrics-protocol": "http/protobuf", "metrics-endpoint": "10.0.0.1:4318"}, wantErr: "metrics-endpoint"},
+		{name: "negative interval", data: map[string]string{"metrics-export-interval": "-1s"}, wantErr: "metrics-export-interval"},
+		{name: "tracing without endpoint", data: map[string]string{"tracing-protocol": "http/protobuf"}, wantErr: "tracing-endpoint should be set"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,7 +62,7 @@ func TestMetricsServer(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "thaw_test_total"})
 	reg.MustRegister(c)
 	c.Inc()
-	srv := httptest.NewServer(NewMetricsServer(":0", reg).Handler)
+	srv := httptest.NewServer(NewMetricsServer(":0", reg, Identity{Service: "activator"}).Handler)
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
@@ -61,7 +70,9 @@ func TestMetricsServer(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(b), "thaw_test_total 1") || !strings.Contains(string(b), "go_goroutines") {
+	if !strings.Contains(string(b), "thaw_test_total 1") || !strings.Contains(string(b), "go_goroutines") ||
+		!strings.Contains(string(b), `target_info{k8s_namespace_name="",service_name="activator"`) ||
+		!strings.Contains(string(b), "go_goroutine_count{otel_scope_name=") {
 		t.Fatalf("metrics page lacks samples:\n%.500s", b)
 	}
 }
@@ -120,6 +131,27 @@ func TestTracingStdoutAndPropagation(t *testing.T) {
 	for _, want := range []string{`"Name":"parent"`, `"Name":"GET /x"`, `"service.name"`} {
 		if !strings.Contains(buf.String(), want) {
 			t.Fatalf("stdout spans lack %s:\n%.1000s", want, buf.String())
+		}
+	}
+}
+
+func TestEndpointURL(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{in: "otel-collector.observability:4317", want: "https://otel-collector.observability:4317"},
+		{in: "http://otel:4318/v1/metrics", want: "http://otel:4318/v1/metrics"},
+		{in: "https://otel:4317", want: "https://otel:4317"},
+		{in: "10.0.0.1:4317", err: "colon"},
+		{in: "", want: ""},
+	} {
+		got, err := endpointURL(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want one with %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %q %v, want %q", tc.in, got, err, tc.want)
 		}
 	}
 }

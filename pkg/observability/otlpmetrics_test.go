@@ -10,7 +10,9 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	colmetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -43,15 +45,15 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	_, _ = w.Write(b)
 }
 
-// metrics indexes the last request's metrics by name, and its resource's attributes.
-func (r *receiver) last(t *testing.T) (map[string]*metricspb.Metric, map[string]string) {
+// last indexes the last request's metrics by name, its resource's attributes, and each metric's scope.
+func (r *receiver) last(t *testing.T) (map[string]*metricspb.Metric, map[string]string, map[string]string) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.reqs) == 0 {
 		t.Fatal("nothing received")
 	}
-	out, res := map[string]*metricspb.Metric{}, map[string]string{}
+	out, res, scopes := map[string]*metricspb.Metric{}, map[string]string{}, map[string]string{}
 	for _, rm := range r.reqs[len(r.reqs)-1].GetResourceMetrics() {
 		for _, kv := range rm.GetResource().GetAttributes() {
 			res[kv.GetKey()] = kv.GetValue().GetStringValue()
@@ -59,49 +61,72 @@ func (r *receiver) last(t *testing.T) (map[string]*metricspb.Metric, map[string]
 		for _, sm := range rm.GetScopeMetrics() {
 			for _, m := range sm.GetMetrics() {
 				out[m.GetName()] = m
+				scopes[m.GetName()] = sm.GetScope().GetName()
 			}
 		}
 	}
-	return out, res
+	return out, res, scopes
+}
+
+// startReceiver serves an OTLP metrics receiver on loopback over protocol and returns its endpoint as
+// config-observability would name it.
+func startReceiver(t *testing.T, protocol string) (*receiver, string) {
+	t.Helper()
+	rcv := &receiver{}
+	if protocol == ProtocolGRPC {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		colmetricspb.RegisterMetricsServiceServer(srv, rcv)
+		go func() { _ = srv.Serve(lis) }()
+		t.Cleanup(srv.Stop)
+		return rcv, "http://" + lis.Addr().String()
+	}
+	srv := httptest.NewServer(rcv)
+	t.Cleanup(srv.Close)
+	return rcv, srv.URL + "/v1/metrics"
+}
+
+func (r *receiver) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.reqs)
+}
+
+// testRegistry holds families named as the activator's, one of Thaw's own and client_golang's Go
+// collector, with known values.
+func testRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	queued := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kn_revision_request_queued", Help: "queued"}, []string{"k8s_namespace_name", "kn_revision_name"})
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "kn_activator_stats_conn_errors_total", ConstLabels: prometheus.Labels{"peer": "autoscaler"}})
+	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "kn_revision_request_concurrency"})
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "http_server_request_duration_seconds", Buckets: []float64{0.1, 1}},
+		[]string{"http_request_method", "http_response_status_code"})
+	thaw := prometheus.NewCounter(prometheus.CounterOpts{Name: "thaw_test_dropped_total"})
+	reg.MustRegister(queued, errs, conc, h, thaw, collectors.NewGoCollector())
+	queued.WithLabelValues("ns", "rev-1").Set(3)
+	errs.Add(2)
+	conc.Set(1.5)
+	for _, v := range []float64{0.05, 0.5, 0.7, 5} {
+		h.WithLabelValues("GET", "200").Observe(v)
+	}
+	thaw.Inc()
+	return reg
 }
 
 func TestMetricsExportOTLP(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "thaw_test_requests_total", Help: "requests"}, []string{"code"})
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "thaw_test_inflight"})
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "thaw_test_latency_seconds", Buckets: []float64{0.1, 1}})
-	reg.MustRegister(c, g, h)
-	c.WithLabelValues("200").Add(3)
-	g.Set(7)
-	for _, v := range []float64{0.05, 0.5, 0.7, 5} {
-		h.Observe(v)
-	}
-
+	reg := testRegistry()
 	for _, protocol := range []string{ProtocolGRPC, ProtocolHTTP} {
 		t.Run(protocol, func(t *testing.T) {
-			rcv := &receiver{}
-			var endpoint string
-			if protocol == ProtocolGRPC {
-				lis, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				srv := grpc.NewServer()
-				colmetricspb.RegisterMetricsServiceServer(srv, rcv)
-				go func() { _ = srv.Serve(lis) }()
-				t.Cleanup(srv.Stop)
-				endpoint = lis.Addr().String() // bare host:port, as config-observability often says
-			} else {
-				srv := httptest.NewServer(rcv)
-				t.Cleanup(srv.Close)
-				endpoint = srv.URL + "/v1/metrics"
-			}
+			rcv, endpoint := startReceiver(t, protocol)
 			cfg, err := NewConfigFromMap(map[string]string{"metrics-protocol": protocol, "metrics-endpoint": endpoint, "metrics-export-interval": "1h"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			exp, err := NewMetricsExport(ctx, cfg, Identity{Service: "activator", PodName: "p", Namespace: "knative-serving"}, reg)
+			exp, err := NewMetricsExport(ctx, cfg, Identity{Service: "activator", PodName: "p", Namespace: "knative-serving", Version: "v1"}, reg)
 			if err != nil || exp == nil {
 				t.Fatalf("NewMetricsExport = %v, %v", exp, err)
 			}
@@ -109,23 +134,60 @@ func TestMetricsExportOTLP(t *testing.T) {
 			if err := exp.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
-			got, res := rcv.last(t)
-			if res["service.name"] != "activator" || res["k8s.pod.name"] != "p" {
-				t.Errorf("resource %v", res)
+			got, res, scopes := rcv.last(t)
+			for k, v := range map[string]string{"service.name": "activator", "k8s.pod.name": "p", "k8s.namespace.name": "knative-serving",
+				"service.version": "v1", "telemetry.sdk.language": "go"} {
+				if res[k] != v {
+					t.Errorf("resource %s = %q, want %q (%v)", k, res[k], v, res)
+				}
 			}
-			sum := got["thaw_test_requests_total"].GetSum()
-			if sum == nil || !sum.GetIsMonotonic() || len(sum.GetDataPoints()) != 1 || sum.GetDataPoints()[0].GetAsDouble() != 3 ||
-				sum.GetDataPoints()[0].GetAttributes()[0].GetValue().GetStringValue() != "200" {
-				t.Errorf("counter: %v", got["thaw_test_requests_total"])
+			// Upstream's instrument names, units and scopes, not the Prometheus families'.
+			for name, scope := range map[string]string{
+				"kn.revision.request.queued":      ScopeActivator.Name,
+				"kn.activator.stats.conn.errors":  ScopeActivator.Name,
+				"kn.revision.request.concurrency": ScopeActivator.Name,
+				"http.server.request.duration":    ScopeOtelHTTP.Name,
+				"thaw_test_dropped_total":         ScopeThaw.Name,
+			} {
+				if scopes[name] != scope {
+					t.Errorf("%s in scope %q, want %q", name, scopes[name], scope)
+				}
 			}
-			if gg := got["thaw_test_inflight"].GetGauge(); gg == nil || gg.GetDataPoints()[0].GetAsDouble() != 7 {
-				t.Errorf("gauge: %v", got["thaw_test_inflight"])
+			for _, absent := range []string{"kn_revision_request_queued", "go_goroutines", "go_gc_duration_seconds"} {
+				if got[absent] != nil {
+					t.Errorf("%s exported over OTLP", absent)
+				}
 			}
-			hh := got["thaw_test_latency_seconds"].GetHistogram()
-			if hh == nil || len(hh.GetDataPoints()) != 1 {
-				t.Fatalf("histogram: %v", got["thaw_test_latency_seconds"])
+			// An UpDownCounter: non-monotonic integer sum, attributes with upstream's keys.
+			q := got["kn.revision.request.queued"]
+			if s := q.GetSum(); s == nil || s.GetIsMonotonic() || q.GetUnit() != "{request}" || len(s.GetDataPoints()) != 1 ||
+				s.GetDataPoints()[0].GetAsInt() != 3 || attrs(s.GetDataPoints()[0].GetAttributes())["kn.revision.name"] != "rev-1" ||
+				attrs(s.GetDataPoints()[0].GetAttributes())["k8s.namespace.name"] != "ns" {
+				t.Errorf("queued: %v", q)
+			}
+			e := got["kn.activator.stats.conn.errors"]
+			if s := e.GetSum(); s == nil || !s.GetIsMonotonic() || s.GetDataPoints()[0].GetAsInt() != 2 ||
+				attrs(s.GetDataPoints()[0].GetAttributes())["peer"] != "autoscaler" {
+				t.Errorf("errors: %v", e)
+			}
+			if g := got["kn.revision.request.concurrency"].GetGauge(); g == nil || g.GetDataPoints()[0].GetAsDouble() != 1.5 {
+				t.Errorf("concurrency: %v", got["kn.revision.request.concurrency"])
+			}
+			hm := got["http.server.request.duration"]
+			hh := hm.GetHistogram()
+			if hh == nil || len(hh.GetDataPoints()) != 1 || hm.GetUnit() != "s" {
+				t.Fatalf("histogram: %v", hm)
 			}
 			dp := hh.GetDataPoints()[0]
+			var code int64
+			for _, kv := range dp.GetAttributes() {
+				if kv.GetKey() == "http.response.status_code" {
+					code = kv.GetValue().GetIntValue()
+				}
+			}
+			if code != 200 {
+				t.Errorf("status code attribute is not the integer 200: %v", dp.GetAttributes())
+			}
 			wantCounts := []uint64{1, 2, 1}
 			if dp.GetCount() != 4 || dp.GetSum() != 6.25 || len(dp.GetBucketCounts()) != 3 || len(dp.GetExplicitBounds()) != 2 {
 				t.Fatalf("histogram point: %v", dp)
@@ -136,6 +198,56 @@ func TestMetricsExportOTLP(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func attrs(kvs []*commonpb.KeyValue) map[string]string {
+	m := map[string]string{}
+	for _, kv := range kvs {
+		m[kv.GetKey()] = kv.GetValue().GetStringValue()
+	}
+	return m
+}
+
+// A config-observability change moves the export: from a gRPC receiver to an HTTP one, then off.
+func TestMetricsExporterApply(t *testing.T) {
+	ctx := context.Background()
+	reg := testRegistry()
+	grpcRcv, grpcEP := startReceiver(t, ProtocolGRPC)
+	httpRcv, httpEP := startReceiver(t, ProtocolHTTP)
+	e := NewMetricsExporter(Identity{Service: "autoscaler"}, reg)
+	t.Cleanup(func() { _ = e.Shutdown(ctx) })
+	steps := []struct {
+		data               map[string]string
+		active, changed    bool
+		wantGRPC, wantHTTP int
+	}{
+		{data: map[string]string{}, changed: true},
+		{data: map[string]string{}},
+		{data: map[string]string{"metrics-protocol": "grpc", "metrics-endpoint": grpcEP}, active: true, changed: true, wantGRPC: 1},
+		{data: map[string]string{"metrics-protocol": "grpc", "metrics-endpoint": grpcEP}, active: true, wantGRPC: 2}, // unchanged: same export
+		// the change flushes the gRPC export a last time, then HTTP takes over
+		{data: map[string]string{"metrics-protocol": "http/protobuf", "metrics-endpoint": httpEP}, active: true, changed: true, wantGRPC: 3, wantHTTP: 1},
+		{data: map[string]string{"metrics-protocol": "prometheus"}, changed: true, wantGRPC: 3, wantHTTP: 2},
+	}
+	for i, s := range steps {
+		cfg, err := NewConfigFromMap(s.data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed, err := e.Apply(ctx, cfg)
+		if err != nil || changed != s.changed {
+			t.Fatalf("step %d: changed %v, %v", i, changed, err)
+		}
+		if e.Active() != s.active {
+			t.Fatalf("step %d: active %v", i, e.Active())
+		}
+		if err := e.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if grpcRcv.count() != s.wantGRPC || httpRcv.count() != s.wantHTTP {
+			t.Fatalf("step %d: gRPC got %d exports, HTTP %d; want %d, %d", i, grpcRcv.count(), httpRcv.count(), s.wantGRPC, s.wantHTTP)
+		}
 	}
 }
 

@@ -8,22 +8,25 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// NewRegistry returns a registry with the Go runtime and process collectors.
+// NewRegistry returns a registry with what every upstream component exports besides its own
+// instruments: client_golang's Go runtime and process collectors (upstream's default registry), OTel's
+// runtime instruments and the Kubernetes client and workqueue metrics.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newRuntimeCollector())
+	reg.MustRegister(KubernetesMetrics()...)
 	return reg
 }
 
-// NewMetricsServer serves reg at /metrics on addr (":9090"). Thaw serves it
-// whatever metrics-protocol says: 9090 is the declared metrics port, and an
-// empty port helps nobody.
-func NewMetricsServer(addr string, reg *prometheus.Registry) *http.Server {
+// NewMetricsServer serves reg at /metrics on addr (":9090") as upstream's Prometheus page (see
+// MetricsHandler). Thaw serves it whatever metrics-protocol says, where upstream serves it only with
+// prometheus: 9090 is the declared metrics port, and the autoscaler's replicas use it between them.
+func NewMetricsServer(addr string, reg *prometheus.Registry, id Identity) *http.Server {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", MetricsHandler(reg, id))
 	return &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: time.Minute}
 }
 

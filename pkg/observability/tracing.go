@@ -5,16 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
+	"net/url"
+	"os"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
@@ -25,9 +24,11 @@ type Tracing struct {
 	Propagator propagation.TextMapPropagator
 }
 
-// Identity names this process in traces.
+// Identity names this process in traces and metrics.
 type Identity struct {
 	Service, PodName, Namespace string
+	// Version is service.version (upstream: the commit its image was built from).
+	Version string
 }
 
 // NewTracing builds tracing for cfg, or returns nil when tracing-protocol is
@@ -41,15 +42,15 @@ func NewTracing(ctx context.Context, cfg *Config, id Identity, out io.Writer) (*
 	case ProtocolStdout:
 		exp, err = stdouttrace.New(stdouttrace.WithWriter(out))
 	case ProtocolGRPC:
-		opts := []otlptracegrpc.Option{otlptracegrpc.WithInsecure()}
-		if cfg.TracingEndpoint != "" {
-			opts = append(opts, otlptracegrpc.WithEndpointURL(endpointURL(cfg.TracingEndpoint)))
+		var opts []otlptracegrpc.Option
+		if ep, err := endpointURL(cfg.TracingEndpoint); err == nil && ep != "" && !envEndpoint("TRACES") {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(ep))
 		}
 		exp, err = otlptracegrpc.New(ctx, opts...)
 	case ProtocolHTTP:
-		opts := []otlptracehttp.Option{}
-		if cfg.TracingEndpoint != "" {
-			opts = append(opts, otlptracehttp.WithEndpointURL(endpointURL(cfg.TracingEndpoint)))
+		var opts []otlptracehttp.Option
+		if ep, err := endpointURL(cfg.TracingEndpoint); err == nil && ep != "" && !envEndpoint("TRACES") {
+			opts = append(opts, otlptracehttp.WithEndpointURL(ep))
 		}
 		exp, err = otlptracehttp.New(ctx, opts...)
 	default:
@@ -58,14 +59,9 @@ func NewTracing(ctx context.Context, cfg *Config, id Identity, out io.Writer) (*
 	if err != nil {
 		return nil, fmt.Errorf("tracing exporter %s: %w", cfg.TracingProtocol, err)
 	}
-	res := resource.NewSchemaless(
-		attribute.String("service.name", id.Service),
-		attribute.String("k8s.pod.name", id.PodName),
-		attribute.String("k8s.namespace.name", id.Namespace),
-	)
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
-		sdktrace.WithResource(res),
+		sdktrace.WithResource(Resource(id)),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.TracingSamplingRate))),
 	)
 	return &Tracing{
@@ -74,12 +70,23 @@ func NewTracing(ctx context.Context, cfg *Config, id Identity, out io.Writer) (*
 	}, nil
 }
 
-// endpointURL accepts a bare host:port as upstream's config does.
-func endpointURL(e string) string {
-	if strings.Contains(e, "://") {
-		return e
+// endpointURL reads an OTLP endpoint as upstream does: a URL, or a bare host:port, which means TLS
+// (https). Upstream's parse also rejects an IP:port without a scheme; so does this.
+func endpointURL(e string) (string, error) {
+	u, err := url.Parse(e)
+	if err != nil {
+		return "", err
 	}
-	return "http://" + e
+	if u.Opaque != "" {
+		return "https://" + e, nil
+	}
+	return e, nil
+}
+
+// envEndpoint reports whether the OTel environment names an endpoint, which then wins over
+// config-observability (as upstream).
+func envEndpoint(signal string) bool {
+	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
 }
 
 // WrapTransport adds a client span and trace propagation to rt.
