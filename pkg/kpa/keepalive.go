@@ -415,6 +415,20 @@ func (r *Reconciler) keepAliveInactive(pa *autoscalingv1alpha1.PodAutoscaler, ke
 	return true, 0, false, false
 }
 
+// keepAliveAtZero reports whether pa has the policy on and is inactive at
+// zero.
+func (r *Reconciler) keepAliveAtZero(pa *autoscalingv1alpha1.PodAutoscaler) bool {
+	key := types.NamespacedName{Namespace: pa.Namespace, Name: pa.Name}
+	r.keepAlive.mu.Lock()
+	_, on := r.keepAlive.revs[key]
+	r.keepAlive.mu.Unlock()
+	if !on || !pa.Status.IsInactive() {
+		return false
+	}
+	n, err := r.d.Scales.Replicas(pa.Namespace, pa.Spec.ScaleTargetRef)
+	return err == nil && n != nil && *n == 0
+}
+
 // windowsAnnotation is the JSON of the windows annotation.
 func windowsAnnotation(s keepalive.Summary, m asconfig.KeepAliveMode) string {
 	b, _ := json.Marshal(struct {

@@ -374,6 +374,28 @@ func TestKeepAliveStateSurvivesRestart(t *testing.T) {
 		t.Errorf("restored state written back unchanged: %v", a)
 	}
 	_ = pa
+
+	// At zero with no metrics yet (the restarted autoscaler's decider
+	// wants -1), the restored policy still pre-warms on time.
+	h2.scales.replicas, h2.scales.patches = ptr32(0), nil
+	h2.podInf.Core().V1().Pods().Informer().GetIndexer().Replace(nil, "")
+	h2.deciders.set(key, multiscaler.Status{DesiredScale: -1})
+	pa2, _ := h2.sf.Autoscaling().V1alpha1().PodAutoscalers().Lister().PodAutoscalers(key.Namespace).Get(key.Name)
+	at, to := zeroAt(h2, pa2, time.Hour)
+	if want := p2.IdleSince().Add(9*time.Minute - 2*time.Second).Sub(h.clock.Now()); at != want || to != 1 {
+		t.Errorf("restarted at zero: scaled to %d after %v, want 1 after %v", to, at, want)
+	}
+}
+
+// With the policy off, a revision at zero whose decider has no metrics yet
+// is left alone, as upstream.
+func TestKeepAliveOffUnknownAtZero(t *testing.T) {
+	h, pa := kaHarness(t, nil)
+	h.scales.replicas = ptr32(0)
+	h.deciders.set(key, multiscaler.Status{DesiredScale: -1})
+	if at, to := zeroAt(h, pa, time.Hour); to != -1 {
+		t.Errorf("scaled to %d after %v, want no patch", to, at)
+	}
 }
 
 // patchedAnnotations returns the annotations of the last PA patch, or nil.

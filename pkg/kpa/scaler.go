@@ -76,7 +76,13 @@ func (d DeploymentScales) SetReplicas(ctx context.Context, namespace string, ref
 func (r *Reconciler) scale(ctx context.Context, pa *autoscalingv1alpha1.PodAutoscaler, sks *nv1alpha1.ServerlessService,
 	s *Settings, desired int32, cfg *asconfig.Config, logger *zap.SugaredLogger) (int32, error) {
 	if desired < 0 && !pa.Status.IsActivating() {
-		return desired, nil // no metrics yet
+		if !r.keepAliveAtZero(pa) {
+			return desired, nil // no metrics yet
+		}
+		// A restarted autoscaler has no metrics of a revision at zero
+		// until its next request; the keep-alive policy may pre-warm it
+		// before, and a 0 keeps it where it is otherwise.
+		desired = 0
 	}
 	lo, hi := s.MinScale, s.MaxScale
 	// Until the initial scale is reached, it is a lower bound (unless the
