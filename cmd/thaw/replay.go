@@ -146,9 +146,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string) error {
 	return fs.Parse(pos)
 }
 
-// labPolicies are the cluster replay's default policies: upstream's default
-// and a fixed keep-alive (Thaw's learned policy is asked for by name).
-const labPolicies = "upstream,fixed-10m"
+// labPolicies are the cluster replay's default policies: upstream's
+// default, a fixed keep-alive and Thaw's learned policy (on Thaw's side
+// only).
+const labPolicies = "upstream,fixed-10m,learned"
 
 // labFlags are the flags of the replay on a cluster.
 type labFlags struct {

@@ -20,7 +20,7 @@ const (
 	// policy on one revision (values learned or hybrid, the simulation's
 	// names); upstream's webhook prunes it from the PodAutoscaler, so an
 	// upstream autoscaler runs such a revision with its default policy.
-	KeepAliveAnnotation = "autoscaling.thaw.dev/keep-alive"
+	KeepAliveAnnotation = asconfig.KeepAliveAnnotationKey
 )
 
 // minWindow is the least stable window and grace period upstream's
@@ -126,9 +126,9 @@ func LabPolicies(pols []sim.Policy, speed float64) ([]LabPolicy, error) {
 			lp.Retention, _ = compress("retention", p.Retention, speed, 0)
 		}
 		if p.Learned != nil {
-			switch p.Name {
-			case "learned", "hybrid":
-				lp.KeepAlive = p.Name
+			switch m := asconfig.KeepAliveMode(p.Name); m {
+			case asconfig.KeepAliveLearned, asconfig.KeepAliveHybrid:
+				lp.KeepAlive = string(m)
 			default:
 				return nil, fmt.Errorf("policy %s: only learned and hybrid map to Thaw's autoscaler", p.Name)
 			}
