@@ -312,9 +312,9 @@ func (k *keepAlives) tick(now time.Time) []types.NamespacedName {
 	return idled
 }
 
-// start ticks until ctx ends; wg tracks it. A revision gone idle is
-// reconciled (when held here), which plans its keep-alive and writes its
-// state.
+// start ticks until ctx ends; wg tracks it. Going idle enqueues nothing:
+// the decider's change to 0 a stable window later reconciles the PA, and a
+// PA holding its pod for a busy revision looks again by itself.
 func (k *keepAlives) start(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Add(1)
 	go func() {
@@ -326,11 +326,7 @@ func (k *keepAlives) start(ctx context.Context, wg *sync.WaitGroup) {
 			case <-ctx.Done():
 				return
 			case <-t.C():
-				for _, key := range k.tick(k.r.d.Clock.Now()) {
-					if k.r.owns(key) {
-						k.r.Enqueue(key)
-					}
-				}
+				k.tick(k.r.d.Clock.Now())
 			}
 		}
 	}()
@@ -473,8 +469,10 @@ func (k *keepAlives) persist(ctx context.Context, pa *autoscalingv1alpha1.PodAut
 		return nil
 	}
 	if !k.writes.TryAccept() {
+		// Over the budget: try again later, not every second (thousands
+		// of revisions would churn the queue).
 		k.mu.Unlock()
-		k.r.EnqueueAfter(key, time.Second)
+		k.r.EnqueueAfter(key, k.persistEvery)
 		return nil
 	}
 	k.mu.Unlock()

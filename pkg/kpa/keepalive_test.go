@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clientgotesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/util/flowcontrol"
 
 	nv1alpha1 "knative.dev/networking/pkg/apis/networking/v1alpha1"
 	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
@@ -517,5 +518,23 @@ func TestKeepAliveAnnotationsNotCopied(t *testing.T) {
 		if st || win || ann[asconfig.KeepAliveAnnotationKey] != "learned" {
 			t.Errorf("%s annotations %v", name, ann)
 		}
+	}
+}
+
+// Over the cluster-wide write budget, the state waits a persist period, so
+// thousands of revisions do not churn the queue.
+func TestKeepAliveWriteBudget(t *testing.T) {
+	h, _ := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveLearned })
+	h.r.keepAlive.writes = flowcontrol.NewFakeNeverRateLimiter()
+	feedIdle(h, time.Minute)
+	h.after = nil
+	if err := h.reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if a := patchedAnnotations(t, h); a != nil {
+		t.Errorf("written over the budget: %v", a)
+	}
+	if !slices.Contains(h.after, requeue{key, keepAlivePersistEvery}) {
+		t.Errorf("requeues %v, want one after %v", h.after, keepAlivePersistEvery)
 	}
 }
