@@ -52,7 +52,8 @@ type Info struct {
 	Configuration     string
 	// CannotStart, when not empty, is why the revision's pods cannot become ready ("Reason: message" of
 	// its failing condition): Ready is False because ResourcesAvailable (image pull errors,
-	// unschedulable pods, a progress deadline) or ContainerHealthy (a crashing container) is False.
+	// unschedulable pods, a progress deadline) or ContainerHealthy (a crashing container) is False; or
+	// Active is not True with a pod-level reason (see podReasons).
 	CannotStart string
 
 	// life is shared by the Infos of one revision from its creation to its deletion (updates replace the
@@ -123,22 +124,45 @@ func FromRevision(rev *servingv1.Revision) *Info {
 	return info
 }
 
+// podReasons are the pod-level reasons, as the kubelet and the scheduler name them, that Thaw's
+// autoscaler puts in an activating PodAutoscaler's Active condition when every live pod of the revision
+// is stuck on one; upstream's revision reconciler copies it into the Revision's Active condition. The
+// activator may read Revisions but neither pods nor PodAutoscalers (upstream's RBAC), so this is how it
+// learns within a second that a revision at zero cannot start. Upstream's own autoscaler only says
+// Queued: then only the Ready conditions below apply.
+var podReasons = map[string]bool{
+	"ImagePullBackOff":           true,
+	"ErrImagePull":               true,
+	"InvalidImageName":           true,
+	"ErrImageNeverPull":          true,
+	"CrashLoopBackOff":           true,
+	"CreateContainerConfigError": true,
+	"Unschedulable":              true,
+}
+
 // cannotStart reads the failing condition of a revision that cannot become ready, or "". Only the
-// conditions the revision reconciler sets from its pods' and deployment's failures count: a revision
-// merely scaled to zero (Active False) or still starting (Unknown) can start.
+// conditions set from its pods' and deployment's failures count: a revision merely scaled to zero
+// (Active False, NoTraffic) or still starting (Unknown, Queued or Deploying) can start.
 func cannotStart(rev *servingv1.Revision) string {
+	if c := rev.Status.GetCondition(servingv1.RevisionConditionActive); c != nil && !c.IsTrue() && podReasons[c.Reason] {
+		return reasonMessage(c)
+	}
 	if ready := rev.Status.GetCondition(servingv1.RevisionConditionReady); ready == nil || !ready.IsFalse() {
 		return ""
 	}
 	for _, t := range []apis.ConditionType{servingv1.RevisionConditionResourcesAvailable, servingv1.RevisionConditionContainerHealthy} {
 		if c := rev.Status.GetCondition(t); c != nil && c.IsFalse() {
-			if c.Message == "" {
-				return c.Reason
-			}
-			return c.Reason + ": " + c.Message
+			return reasonMessage(c)
 		}
 	}
 	return ""
+}
+
+func reasonMessage(c *apis.Condition) string {
+	if c.Message == "" {
+		return c.Reason
+	}
+	return c.Reason + ": " + c.Message
 }
 
 func seconds(v *int64, def time.Duration) time.Duration {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"knative.dev/pkg/apis"
+	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"knative.dev/serving/pkg/client/clientset/versioned/fake"
@@ -292,6 +293,16 @@ func TestCannotStart(t *testing.T) {
 			cond("ResourcesAvailable", "Unknown", "", ""), cond("ContainerHealthy", "False", "ExitCode1", "")}, want: "ExitCode1"},
 		{name: "ready false for another reason", conds: []apis.Condition{cond("Ready", "False", "Other", ""),
 			cond("ResourcesAvailable", "True", "", ""), cond("ContainerHealthy", "True", "", "")}},
+		// Pod-level reasons from Thaw's autoscaler, through the PodAutoscaler, in the Active condition of a
+		// Revision that is still Ready.
+		{name: "activating, image pull back-off", conds: []apis.Condition{cond("Ready", "True", "", ""),
+			cond("Active", "Unknown", "ImagePullBackOff", "container user-container: Back-off pulling image \"nope\"")},
+			want: "ImagePullBackOff: container user-container: Back-off pulling image \"nope\""},
+		{name: "activating, crash loop", conds: []apis.Condition{cond("Ready", "True", "", ""),
+			cond("Active", "Unknown", "CrashLoopBackOff", "back-off 10s")}, want: "CrashLoopBackOff: back-off 10s"},
+		{name: "activating, unschedulable", conds: []apis.Condition{cond("Active", "Unknown", "Unschedulable", "")}, want: "Unschedulable"},
+		{name: "activating, queued", conds: []apis.Condition{cond("Ready", "True", "", ""), cond("Active", "Unknown", "Queued", "")}},
+		{name: "active with a stale reason", conds: []apis.Condition{cond("Active", "True", "CrashLoopBackOff", "")}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -301,5 +312,34 @@ func TestCannotStart(t *testing.T) {
 				t.Fatalf("CannotStart = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestCannotStartThroughUpstreamsReconciler: the reason Thaw's autoscaler puts in an activating
+// PodAutoscaler reaches the Revision as upstream's revision reconciler propagates it (its own
+// PropagateAutoscalerStatus), and clears the same way when the pods can start.
+func TestCannotStartThroughUpstreamsReconciler(t *testing.T) {
+	pa := &autoscalingv1alpha1.PodAutoscaler{}
+	pa.Status.InitializeConditions()
+	pa.Status.ServiceName = "a"
+	pa.Status.MarkScaleTargetInitialized()
+	pa.Status.MarkSKSReady()
+	r := rev("ns", "a")
+	r.Status.InitializeConditions()
+	r.Status.MarkResourcesAvailableTrue()
+	r.Status.MarkContainerHealthyTrue()
+
+	pa.Status.MarkActivating("ErrImagePull", "container user-container: lookup ko.local: no such host")
+	r.Status.PropagateAutoscalerStatus(&pa.Status)
+	if !r.IsReady() {
+		t.Fatal("a Revision scaled to zero stays Ready while it activates")
+	}
+	if got, want := FromRevision(r).CannotStart, "ErrImagePull: container user-container: lookup ko.local: no such host"; got != want {
+		t.Fatalf("CannotStart = %q, want %q", got, want)
+	}
+	pa.Status.MarkActivating("Queued", "Requests to the target are being buffered as resources are provisioned.")
+	r.Status.PropagateAutoscalerStatus(&pa.Status)
+	if got := FromRevision(r).CannotStart; got != "" {
+		t.Fatalf("CannotStart = %q once the pods can start, want none", got)
 	}
 }
