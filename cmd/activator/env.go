@@ -23,6 +23,9 @@ type env struct {
 	ConfigObservabilityName  string
 	// QueueDepth bounds each revision's waiting requests (ACTIVATOR_QUEUE_DEPTH).
 	QueueDepth int
+	// TotalQueueDepth bounds the waiting requests of all revisions, shared fairly between the revisions
+	// queuing (ACTIVATOR_TOTAL_QUEUE_DEPTH; 0: the throttler's default).
+	TotalQueueDepth int
 	// ProfilingPort (PROFILING_PORT) and MetricsAddr
 	// (METRICS_PROMETHEUS_HOST:METRICS_PROMETHEUS_PORT) as knative.dev/pkg reads them.
 	ProfilingPort int
@@ -74,6 +77,7 @@ func loadEnv(getenv func(string) string) (*env, error) {
 		{"MAX_IDLE_PROXY_CONNS", &e.MaxIdleProxyConns, 1000},
 		{"MAX_IDLE_PROXY_CONNS_PER_HOST", &e.MaxIdleProxyConnsPerHost, 100},
 		{"ACTIVATOR_QUEUE_DEPTH", &e.QueueDepth, 0},
+		{"ACTIVATOR_TOTAL_QUEUE_DEPTH", &e.TotalQueueDepth, 0},
 		{"PROFILING_PORT", &e.ProfilingPort, 8008},
 	}
 	for _, i := range ints {

@@ -203,17 +203,15 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	popts.WrapTransport = flt.podTransport(popts.WrapTransport)
 	px := proxy.New(transport, logger.Named("proxy"), popts)
 
-	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth}, clk, logger.Named("throttler"))
+	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth, TotalQueueDepth: e.TotalQueueDepth}, clk, logger.Named("throttler"))
 	metrics := activator.NewMetrics(reg)
 	coldStarts := coldstart.NewTracker(coldstart.TrackerOptions{Routable: thr.Routable, Clock: clk, Registerer: reg,
 		TracerProvider: hcfg.TracerProvider})
 	store := revisions.NewStore(serving, 0, logger.Named("revisions"))
 	store.OnUpsert(func(i *revisions.Info) {
 		thr.UpsertRevision(i.ID, throttler.RevisionConfig{ContainerConcurrency: i.ContainerConcurrency, QueueDepth: e.QueueDepth})
-		if i.CannotStart != "" && !thr.Routable(i.ID) {
-			// Requests buffered for a revision at zero that cannot start learn it now, not at their timeout.
-			thr.FailWaiting(i.ID, &activator.CannotStartError{Revision: i.ID, Reason: i.CannotStart})
-		}
+		// Requests buffered for a revision at zero that cannot start learn it now, not at their timeout.
+		activator.FailIfCannotStart(thr, i)
 	})
 	store.OnDelete(func(id types.NamespacedName) {
 		thr.DeleteRevision(id)

@@ -31,11 +31,11 @@ func TestLoadEnv(t *testing.T) {
 		}},
 		{name: "overrides", extra: map[string]string{"SYSTEM_NAMESPACE": "ks", "MAX_IDLE_PROXY_CONNS": "5",
 			"MAX_IDLE_PROXY_CONNS_PER_HOST": "2", "PROBE_TIMEOUT": "1s", "PROBE_FREQUENCY": "50ms",
-			"ACTIVATOR_QUEUE_DEPTH": "77", "DRAIN_TIMEOUT": "3s", "CLUSTER_DOMAIN": "example.org",
+			"ACTIVATOR_QUEUE_DEPTH": "77", "ACTIVATOR_TOTAL_QUEUE_DEPTH": "300", "DRAIN_TIMEOUT": "3s", "CLUSTER_DOMAIN": "example.org",
 			"PROFILING_PORT": "18008", "METRICS_PROMETHEUS_PORT": "19090", "METRICS_PROMETHEUS_HOST": "127.0.0.1"},
 			check: func(e *env) bool {
 				return e.SystemNamespace == "ks" && e.MaxIdleProxyConns == 5 && e.MaxIdleProxyConnsPerHost == 2 &&
-					e.ProbeTimeout == time.Second && e.ProbeFrequency == 50*time.Millisecond && e.QueueDepth == 77 &&
+					e.ProbeTimeout == time.Second && e.ProbeFrequency == 50*time.Millisecond && e.QueueDepth == 77 && e.TotalQueueDepth == 300 &&
 					e.DrainTimeout == 3*time.Second && e.ClusterDomain == "example.org" &&
 					e.ProfilingPort == 18008 && e.MetricsAddr == "127.0.0.1:19090"
 			}},
@@ -46,6 +46,7 @@ func TestLoadEnv(t *testing.T) {
 		{name: "bad drain", extra: map[string]string{"DRAIN_TIMEOUT": "soon"}, wantErr: "DRAIN_TIMEOUT"},
 		{name: "bad metrics port", extra: map[string]string{"METRICS_PROMETHEUS_PORT": "99999"}, wantErr: "METRICS_PROMETHEUS_PORT"},
 		{name: "bad depth", extra: map[string]string{"ACTIVATOR_QUEUE_DEPTH": "-1"}, wantErr: "ACTIVATOR_QUEUE_DEPTH"},
+		{name: "bad total depth", extra: map[string]string{"ACTIVATOR_TOTAL_QUEUE_DEPTH": "x"}, wantErr: "ACTIVATOR_TOTAL_QUEUE_DEPTH"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
