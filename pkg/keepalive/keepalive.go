@@ -28,6 +28,15 @@
 // traffic; it can be snapshotted and restored (State) to survive a restart
 // or a hand-off. A Policy is pure: time comes from an injected clock, and it
 // never touches Kubernetes. It is not safe for concurrent use.
+//
+// Two users run this same code: `thaw replay --simulate`
+// (pkg/experiment/replay/sim) and the autoscaler's KPA (pkg/kpa), where it
+// is off unless config-autoscaler's thaw-keep-alive or a Revision's
+// annotation autoscaling.thaw.dev/keep-alive says learned (DefaultConfig)
+// or hybrid (PaperConfig). The KPA writes each revision's Summary and State
+// on its PodAutoscaler as the annotations
+// autoscaling.thaw.dev/keep-alive-windows and
+// autoscaling.thaw.dev/keep-alive-state.
 package keepalive
 
 import (

@@ -4,6 +4,13 @@
 // scale subresource to what the decider wants within the scale bounds, takes
 // the revision to zero only once the activator is proven to be in the path,
 // and writes the PA status.
+//
+// Thaw's learned keep-alive / pre-warm policy (keepalive.go) changes the
+// scale-to-zero path of revisions that ask for it: config-autoscaler's
+// thaw-keep-alive (off, learned, hybrid) or the Revision annotation
+// autoscaling.thaw.dev/keep-alive; the PA then carries the annotations
+// autoscaling.thaw.dev/keep-alive-windows and -state. With neither set,
+// scale to zero is upstream's.
 package kpa
 
 import (
