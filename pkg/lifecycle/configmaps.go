@@ -1,9 +1,11 @@
 package lifecycle
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -73,13 +75,23 @@ func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLeve
 }
 
 // observabilityHandler applies config-observability: runtime-profiling
-// toggles pprof on the profiling port. Prometheus is always served on the
-// metrics port, whatever metrics-protocol says.
-func observabilityHandler(name string, prof *observability.Profiling, logger *zap.SugaredLogger) cmHandler {
+// toggles pprof on the profiling port, metrics-protocol grpc or
+// http/protobuf starts (or moves, or stops) the OTLP metrics export.
+// Prometheus is always served on the metrics port, whatever metrics-protocol
+// says.
+func observabilityHandler(name string, prof *observability.Profiling, exp *observability.MetricsExporter, logger *zap.SugaredLogger) cmHandler {
 	apply := func(c *observability.Config) {
 		prof.SetEnabled(c.RuntimeProfiling)
+		// A collector gone away must not hold up the watch for long.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		changed, err := exp.Apply(ctx, c)
+		if err != nil {
+			logger.Errorw("OTLP metrics export is off", zap.Error(err))
+		}
 		logger.Infow("config-observability applied; Prometheus stays on the metrics port",
-			"metrics-protocol", c.MetricsProtocol, "runtime-profiling", c.RuntimeProfiling)
+			"metrics-protocol", c.MetricsProtocol, "metrics-endpoint", c.MetricsEndpoint,
+			"otlp", exp.Active(), "otlpChanged", changed, "runtime-profiling", c.RuntimeProfiling)
 	}
 	return cmHandler{
 		name: name,

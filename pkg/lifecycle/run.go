@@ -25,8 +25,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -157,12 +155,22 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	}
 	a.asStore.OnChange(func(*asconfig.Config) { a.resyncAll() })
 	a.depStore.OnChange(func(*asconfig.DeploymentConfig) { a.resyncAll() })
+	// The registry comes first: it installs the workqueue and client metrics before any queue exists,
+	// and the OTLP export follows config-observability from its first sync.
+	reg := observability.NewRegistry()
+	id := observability.Identity{Service: Component, PodName: cfg.PodName, Namespace: cfg.Namespace, Version: observability.BuildVersion()}
+	metricsExport := observability.NewMetricsExporter(id, reg)
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer scancel()
+		_ = metricsExport.Shutdown(sctx)
+	}()
 	prof := observability.NewProfiling(false)
 	watchCtx, stopWatches := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatches()
 	for _, h := range []asconfig.ConfigMapHandler{a.asStore, a.depStore, a.netStore,
 		loggingHandler(cfg.LoggingName, logger, level),
-		observabilityHandler(cfg.ObservabilityName, prof, logger)} {
+		observabilityHandler(cfg.ObservabilityName, prof, metricsExport, logger)} {
 		if err := watchUntil(ctx, watchCtx, d.Kube, cfg.Namespace, h); err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped before the API server answered
@@ -184,8 +192,6 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: d.Kube.CoreV1().Events("")})
 	a.recorder = broadcaster.NewRecorder(scheme, corev1.EventSource{Component: Component})
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	tracing := a.tracing(ctx)
 	defer func() {
 		sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
@@ -244,7 +250,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	ss := statserver.New(cfg.StatsAddr, stats, statserver.Options{Registerer: reg, OwnsBucket: a.el.OwnsBucket,
 		PeerSubprotocol: statforward.Subprotocol, PeerOut: peerStats, PeerAllowed: a.fwd.IsPeer}, a.clock, logger)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", observability.MetricsHandler(reg, id))
 	mux.Handle("/debug/coldstarts", a.cold.Ring())
 	mux.HandleFunc(windowsPath, a.serveWindows)
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
