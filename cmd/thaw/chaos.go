@@ -38,6 +38,16 @@ func chaosRun(ctx context.Context, args []string) error {
 	jitter := fs.Duration("jitter", 5*time.Second, "each period is shifted by up to ± this")
 	hold := fs.Duration("hold", 30*time.Second, "how long a held fault (cut-off, network loss, apiserver outage, never-ready) lasts before it is undone")
 	loss := fs.Float64("loss", 0.1, "network-loss: share of the packets dropped between the activators and the pods, each way")
+	inject := map[string]string{}
+	fs.Func("inject", "injected: a thaw-fault-injection key and its value, KEY=VALUE (repeatable), e.g. 'activator.pod-latency=delay=200ms,p=0.5'",
+		func(v string) error {
+			k, val, ok := strings.Cut(v, "=")
+			if !ok || k == "" {
+				return fmt.Errorf("%q: want KEY=VALUE", v)
+			}
+			inject[k] = val
+			return nil
+		})
 	doomedEvery := fs.Duration("never-every", 10*time.Second, "never-ready: time between two requests to the service that cannot start")
 	before := fs.Duration("before", 30*time.Second, "load without faults before the first one")
 	after := fs.Duration("after", 60*time.Second, "load without faults after the last one")
@@ -88,7 +98,7 @@ func chaosRun(ctx context.Context, args []string) error {
 	o := runner.Options{
 		Client: cl, Namespace: *ns, Image: *image, Ingress: *ingress, Scenarios: scenarios,
 		Duration: *duration, Period: *period, Jitter: *jitter, Hold: *hold, Before: *before, After: *after,
-		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout, Loss: *loss, DoomedEvery: *doomedEvery,
+		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout, Loss: *loss, DoomedEvery: *doomedEvery, Inject: inject,
 		Shape: upstream.Shape{Replicas: *replicas, Buckets: *buckets}, Keep: *keep, Seed: *seed, Progress: os.Stdout,
 	}
 	if isLab {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -12,12 +13,14 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/lab/proc"
 )
 
@@ -351,6 +354,75 @@ func TestAllReplicas(t *testing.T) {
 			list, _ := kc.CoreV1().Pods(SystemNamespace).List(context.Background(), metav1.ListOptions{})
 			if len(list.Items) != 1 || list.Items[0].Name != "autoscaler-a" {
 				t.Errorf("left %v", list.Items)
+			}
+		})
+	}
+}
+
+func deployment(name string, env ...corev1.EnvVar) *appsv1.Deployment {
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: SystemNamespace},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: name, Env: env}}}}}}
+}
+
+func TestInjected(t *testing.T) {
+	on := corev1.EnvVar{Name: faultinject.EnvVar, Value: faultinject.EnvEnabled}
+	c := clocktesting.NewFakeClock(time.Date(2026, 1, 2, 15, 0, 0, 0, time.UTC))
+	existing := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: faultinject.ConfigMapName, Namespace: SystemNamespace},
+		Data: map[string]string{"activator.poke-drop": "p=0.1"}}
+	for _, tc := range []struct {
+		name    string
+		objs    []runtime.Object
+		faults  map[string]string
+		wantErr string
+		// want is the ConfigMap's data after the undo (nil: none)
+		want map[string]string
+	}{
+		{name: "written with an expiry and deleted", objs: []runtime.Object{deployment("activator", on)},
+			faults: map[string]string{"activator.pod-latency": "delay=200ms,p=0.5"}},
+		{name: "an existing ConfigMap is put back", objs: []runtime.Object{deployment("activator", on), existing},
+			faults: map[string]string{"activator.pod-latency": "delay=200ms"}, want: existing.Data},
+		{name: "refused without the deploy-time switch", objs: []runtime.Object{deployment("activator"), deployment("autoscaler", on)},
+			faults: map[string]string{"activator.pod-latency": "delay=200ms"}, wantErr: "fault injection is off"},
+		{name: "refused for a bad value", objs: []runtime.Object{deployment("activator", on)},
+			faults: map[string]string{"activator.pod-latency": "delay=forever"}, wantErr: "delay"},
+		{name: "refused for an unknown key", objs: []runtime.Object{deployment("activator", on)},
+			faults: map[string]string{"activator.nope": "p=1"}, wantErr: "unknown key"},
+		{name: "nothing to inject", wantErr: "no fault"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kc := fake.NewClientset(tc.objs...)
+			target, undo, err := Injected{Kube: kc, Faults: tc.faults, Hold: time.Minute, Clock: c}.Inject(context.Background())
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || undo != nil {
+					t.Fatalf("err = %v, undo %v; want %q and no undo", err, undo != nil, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm, err := kc.CoreV1().ConfigMaps(SystemNamespace).Get(context.Background(), faultinject.ConfigMapName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.faults {
+				if cm.Data[k] != v {
+					t.Errorf("%s = %q, want %q (%s)", k, cm.Data[k], v, target)
+				}
+			}
+			if cm.Data[faultinject.UntilKey] != "2026-01-02T15:01:30Z" {
+				t.Errorf("until = %q, want the hold and the margin", cm.Data[faultinject.UntilKey])
+			}
+			if err := undo(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			cm, err = kc.CoreV1().ConfigMaps(SystemNamespace).Get(context.Background(), faultinject.ConfigMapName, metav1.GetOptions{})
+			switch {
+			case tc.want == nil && err == nil:
+				t.Errorf("ConfigMap left after the undo: %v", cm.Data)
+			case tc.want != nil && (err != nil || !maps.Equal(cm.Data, tc.want)):
+				t.Errorf("after the undo: %v %v, want %v", cm, err, tc.want)
 			}
 		})
 	}

@@ -57,6 +57,7 @@ var Scenarios = []Scenario{
 	{Name: "network-loss", SLO: 1.0, Hold: true, Lab: true, Help: "drop --loss of the packets between every activator and the pods (:80, :8012) both ways for --hold, every --period"},
 	{Name: "apiserver-outage", SLO: 1.0, Hold: true, APIServer: true, UndoTimeout: 2 * time.Minute, Help: "stop the lab's kube-apiserver (SIGKILL) for --hold, every --period"},
 	{Name: "user-pod-kill", SLO: 0.90, Help: "SIGKILL the app container of a cold service's pod as it scales up, every --period"},
+	{Name: "injected", SLO: 1.0, Hold: true, Help: "faults built into Thaw's components (--inject KEY=VALUE) for --hold, every --period; needs THAW_FAULT_INJECTION=enabled in their Deployments"},
 	{Name: "never-ready", SLO: 1.0, Hold: true, Once: true, Doomed: true, Help: "a service whose new pods cannot start for --hold (its ConfigMap deleted, then put back); its failures are counted apart"},
 }
 
@@ -102,6 +103,8 @@ type Options struct {
 	Daemons fault.Daemons
 	// Loss is the share of packets network-loss drops.
 	Loss float64
+	// Inject is the injected scenario's thaw-fault-injection keys and values.
+	Inject map[string]string
 	// DoomedEvery is the interval of the never-ready service's load (default 10s).
 	DoomedEvery time.Duration
 	// Settle is the wait after the shape is in place, for the activators' stat websockets to reach
@@ -137,6 +140,11 @@ func (o *Options) validate() error {
 		}
 		if s.Name == "network-loss" && (o.Loss <= 0 || o.Loss >= 1) {
 			errs = append(errs, fmt.Errorf("network-loss: loss %v, want a share between 0 and 1", o.Loss))
+		}
+		if s.Name == "injected" {
+			if err := (fault.Injected{Faults: o.Inject}).Validate(); err != nil {
+				errs = append(errs, fmt.Errorf("injected: %w", err))
+			}
 		}
 		if s.Hold && o.Hold <= 0 {
 			errs = append(errs, fmt.Errorf("%s needs a positive hold", s.Name))

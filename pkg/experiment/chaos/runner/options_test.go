@@ -17,6 +17,7 @@ func TestValidate(t *testing.T) {
 	kill, _ := ScenarioByName("autoscaler-kill")
 	outage, _ := ScenarioByName("apiserver-outage")
 	loss, _ := ScenarioByName("network-loss")
+	injected, _ := ScenarioByName("injected")
 	good := func() Options {
 		return Options{Client: &kube.Client{}, Namespace: "chaos", Image: "app", Ingress: "10.88.0.1:80",
 			Scenarios: []Scenario{kill}, Duration: time.Minute, Period: 20 * time.Second, Rate: 10, ColdServices: 6,
@@ -50,6 +51,20 @@ func TestValidate(t *testing.T) {
 			o.Hold = 10 * time.Second
 			o.Loss = 1.5
 		}, wantErr: "between 0 and 1"},
+		{name: "injected needs faults", mod: func(o *Options) {
+			o.Scenarios = []Scenario{injected}
+			o.Hold = 10 * time.Second
+		}, wantErr: "no fault"},
+		{name: "injected with a bad value", mod: func(o *Options) {
+			o.Scenarios = []Scenario{injected}
+			o.Hold = 10 * time.Second
+			o.Inject = map[string]string{"activator.pod-latency": "delay=0s"}
+		}, wantErr: "delay"},
+		{name: "injected", mod: func(o *Options) {
+			o.Scenarios = []Scenario{injected}
+			o.Hold = 10 * time.Second
+			o.Inject = map[string]string{"activator.pod-latency": "delay=100ms"}
+		}},
 		{name: "no scenario", mod: func(o *Options) { o.Scenarios = nil }, wantErr: "no scenario"},
 		{name: "a side to swap in without a swap", mod: func(o *Options) { o.Sides = []Side{{Name: "thaw", Images: swap.Images{}}} }, wantErr: "no way to swap"},
 		{name: "zero duration", mod: func(o *Options) { o.Duration = 0 }, wantErr: "must be positive"},

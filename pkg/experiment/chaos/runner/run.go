@@ -199,6 +199,8 @@ func (r *run) injector(sc Scenario) (fault.Injector, error) {
 			Service: func(name string) bool { return strings.HasPrefix(name, "cold-") },
 			// A cold pod lives about 15 s (6 s window, 6 s grace): kill it in its first seconds.
 			Young: 10 * time.Second, Wait: min(r.o.Period/2, 15*time.Second), Clock: r.o.Clock}, nil
+	case "injected":
+		return fault.Injected{Kube: kc, Faults: r.o.Inject, Hold: r.o.Hold, Clock: r.o.Clock}, nil
 	case "never-ready":
 		if r.doomed == nil {
 			return nil, errors.New("never-ready: its service was not created")
