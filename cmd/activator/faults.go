@@ -19,7 +19,7 @@ type faults struct{ inj *faultinject.Injector }
 
 // newFaults reads the switch (env.FaultInjection); a value other than enabled/disabled is one error
 // line and leaves it off.
-func newFaults(value string, clk clock.Clock, reg prometheus.Registerer, logger *zap.SugaredLogger) faults {
+func newFaults(value string, clk clock.WithDelayedExecution, reg prometheus.Registerer, logger *zap.SugaredLogger) faults {
 	on, err := faultinject.Enabled(func(string) string { return value })
 	if err != nil {
 		logger.Errorw("Fault injection stays off", zap.Error(err))

@@ -25,6 +25,7 @@ import (
 	pkglogging "knative.dev/pkg/logging"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
 
+	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/lifecycle"
 )
 
@@ -58,6 +59,7 @@ func main() {
 	cfg.LoggingName = envOr("CONFIG_LOGGING_NAME", "config-logging")
 	cfg.ObservabilityName = envOr("CONFIG_OBSERVABILITY_NAME", "config-observability")
 	cfg.ServiceName = lifecycle.Component
+	cfg.FaultInjection = os.Getenv(faultinject.EnvVar)
 	// Peers listen where this replica does.
 	if _, port, err := net.SplitHostPort(cfg.StatsAddr); err == nil {
 		cfg.StatPort, _ = strconv.Atoi(port)

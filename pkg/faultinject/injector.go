@@ -24,13 +24,14 @@ const DefaultLogEvery = 10 * time.Second
 type Options struct {
 	Component Component
 	// Clock is the time source for expiry, delays and log sampling; nil is the real clock.
-	Clock clock.Clock
+	Clock clock.WithDelayedExecution
 	// Rand returns a number in [0, 1) for the probabilities; it must be safe for concurrent use. Nil
 	// is math/rand/v2's Float64.
 	Rand func() float64
 	// Logger gets one line per ConfigMap change and sampled lines per injected fault.
 	Logger *zap.SugaredLogger
-	// Registerer, if set, gets thaw_fault_injected_total and thaw_fault_injection_active.
+	// Registerer, if set, gets thaw_fault_injected_total and thaw_fault_injection_active; or register
+	// Collectors later.
 	Registerer prometheus.Registerer
 	// LogEvery samples the injection log; 0 is DefaultLogEvery.
 	LogEvery time.Duration
@@ -46,6 +47,11 @@ type Injector struct {
 
 	logMu sync.Mutex
 	logs  map[Fault]*sampled
+
+	// changeMu guards the change callbacks and the expiry timers of the faults in force.
+	changeMu sync.Mutex
+	onChange []func()
+	expiries []clock.Timer
 }
 
 // activeSet is a Set as applied, with the once-only expiry notices.
@@ -80,9 +86,14 @@ func New(o Options) *Injector {
 	}, []string{"component", "fault"})
 	i.set.Store(&activeSet{specs: Set{}})
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(i.injected, activeCollector{i})
+		o.Registerer.MustRegister(i.Collectors()...)
 	}
 	return i
+}
+
+// Collectors are the Injector's metrics, for a registry made after it.
+func (i *Injector) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{i.injected, activeCollector{i}}
 }
 
 // Apply parses the ConfigMap's data and puts its valid faults in force, replacing the previous ones.
@@ -104,12 +115,48 @@ func (i *Injector) Clear() {
 	i.o.Logger.Infow("Fault injection cleared", "configmap", ConfigMapName)
 }
 
+// OnChange registers f, called after every change of the faults in force: each ConfigMap change
+// and each fault's expiry. Callbacks must not block. The autoscaler uses it to act on fresh
+// decisions the moment a freeze ends.
+func (i *Injector) OnChange(f func()) {
+	i.changeMu.Lock()
+	i.onChange = append(i.onChange, f)
+	i.changeMu.Unlock()
+}
+
 func (i *Injector) store(s Set) {
 	a := &activeSet{specs: s, expired: make(map[Fault]*atomic.Bool, len(s))}
 	for f := range s {
 		a.expired[f] = &atomic.Bool{}
 	}
+	i.changeMu.Lock()
 	i.set.Store(a)
+	for _, t := range i.expiries {
+		t.Stop()
+	}
+	i.expiries = i.expiries[:0]
+	now := i.o.Clock.Now()
+	for _, sp := range s {
+		if d := sp.Until.Sub(now); !sp.Until.IsZero() && d > 0 {
+			i.expiries = append(i.expiries, i.o.Clock.AfterFunc(d, func() {
+				// A timer stopped too late finds another set in force and stays quiet.
+				if i.set.Load() == a {
+					i.changed()
+				}
+			}))
+		}
+	}
+	i.changeMu.Unlock()
+	i.changed()
+}
+
+func (i *Injector) changed() {
+	i.changeMu.Lock()
+	fs := append([]func(){}, i.onChange...)
+	i.changeMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
 }
 
 // Current returns a copy of the faults in force (including expired ones).

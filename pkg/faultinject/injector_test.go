@@ -178,3 +178,35 @@ func TestConcurrentApplyAndFire(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestOnChangeAtApplyClearAndExpiry(t *testing.T) {
+	f := newFixture(t, Autoscaler, nil)
+	var mu sync.Mutex
+	calls := 0
+	n := func() int { mu.Lock(); defer mu.Unlock(); return calls }
+	f.inj.OnChange(func() { mu.Lock(); calls++; mu.Unlock() })
+
+	f.apply(t, map[string]string{string(DecisionFreeze): "until=2026-12-03T16:00:30Z"})
+	if n() != 1 {
+		t.Fatalf("%d calls after Apply, want 1", n())
+	}
+	f.clk.Step(30 * time.Second)
+	if n() != 2 {
+		t.Fatalf("%d calls after the expiry, want 2", n())
+	}
+	// A replaced setting's expiry timer is stopped: only the new one's fires.
+	f.apply(t, map[string]string{string(DecisionFreeze): "until=2026-12-03T16:01:00Z"})
+	f.apply(t, map[string]string{string(DecisionFreeze): "until=2026-12-03T16:02:00Z"})
+	f.clk.Step(30 * time.Second) // 16:01
+	if n() != 4 {
+		t.Fatalf("%d calls, want 4 (two applies, no stale expiry)", n())
+	}
+	f.clk.Step(time.Minute) // 16:02
+	if n() != 5 {
+		t.Fatalf("%d calls after the second expiry, want 5", n())
+	}
+	f.inj.Clear()
+	if n() != 6 {
+		t.Fatalf("%d calls after Clear, want 6", n())
+	}
+}

@@ -42,6 +42,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/bucket"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
+	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/kpa"
 	"github.com/thaw-dev/thaw/pkg/observability"
 	"github.com/thaw-dev/thaw/pkg/statforward"
@@ -70,6 +71,9 @@ type Config struct {
 	StatPort int
 	// MetricsPort is the peers' metrics port (9090), where a starting replica asks for their windows.
 	MetricsPort int
+	// FaultInjection is THAW_FAULT_INJECTION: only "enabled" builds the fault injector and watches
+	// its ConfigMap (pkg/faultinject).
+	FaultInjection string
 
 	// allowLoopback lets tests run several replicas on loopback addresses.
 	allowLoopback bool
@@ -118,6 +122,8 @@ type app struct {
 	el   *bucket.Elector
 	fwd  *statforward.Forwarder
 	p    *parts
+	// faults injects faults on purpose; nil unless Config.FaultInjection is enabled.
+	faults *faultinject.Injector
 }
 
 // timeOf is a stat's observation time; the stat server stamped a missing timestamp with its receipt time.
@@ -168,9 +174,10 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	prof := observability.NewProfiling(false)
 	watchCtx, stopWatches := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatches()
-	for _, h := range []asconfig.ConfigMapHandler{a.asStore, a.depStore, a.netStore,
+	a.initFaults()
+	for _, h := range append([]asconfig.ConfigMapHandler{a.asStore, a.depStore, a.netStore,
 		loggingHandler(cfg.LoggingName, logger, level),
-		observabilityHandler(cfg.ObservabilityName, prof, metricsExport, logger)} {
+		observabilityHandler(cfg.ObservabilityName, prof, metricsExport, logger)}, a.faultWatch()...) {
 		if err := watchUntil(ctx, watchCtx, d.Kube, cfg.Namespace, h); err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped before the API server answered
@@ -226,6 +233,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 		return err
 	}
 	defer a.p.coll.Close()
+	a.startFaults(reg)
 
 	statsLn, err := net.Listen("tcp", cfg.StatsAddr)
 	if err != nil {
@@ -285,6 +293,9 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 			case <-consumerCtx.Done():
 				return
 			case sm := <-stats:
+				if a.faults.DropStat(sm) {
+					continue
+				}
 				a.fwd.Forward(sm)
 				a.take(sm)
 			case sm := <-peerStats:
