@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgotesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/util/flowcontrol"
@@ -536,5 +538,53 @@ func TestKeepAliveWriteBudget(t *testing.T) {
 	}
 	if !slices.Contains(h.after, requeue{key, keepAlivePersistEvery}) {
 		t.Errorf("requeues %v, want one after %v", h.after, keepAlivePersistEvery)
+	}
+}
+
+// A replica without the bucket learns from the stats it is forwarded but
+// writes nothing; when it takes the bucket over (failover), it acts on the
+// windows it learned: the state it writes holds every idle time.
+func TestKeepAliveLearnsWithoutTheBucket(t *testing.T) {
+	h, pa := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid })
+	var holds atomic.Bool
+	h.r.d.Owns = func(types.NamespacedName) bool { return holds.Load() }
+	h.clock.SetTime(t0.Add(-24 * time.Hour))
+	feedIdle(h, repeat(10*time.Minute+20*time.Second, 20)...)
+	if err := h.reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.serving.Actions()); n != 0 {
+		t.Fatalf("%d writes without the bucket: %v", n, h.serving.Actions())
+	}
+	var patches []map[string]any
+	h.serving.PrependReactor("patch", "podautoscalers", func(a clientgotesting.Action) (bool, runtime.Object, error) {
+		var body struct {
+			Metadata struct {
+				Annotations map[string]any `json:"annotations"`
+			} `json:"metadata"`
+		}
+		_ = json.Unmarshal(a.(clientgotesting.PatchAction).GetPatch(), &body)
+		patches = append(patches, body.Metadata.Annotations)
+		return false, nil, nil
+	})
+	holds.Store(true)
+	h.r.ObserveStat(key, traffic)
+	h.clock.SetTime(t0)
+	h.r.keepAlive.tick(t0.Add(time.Nanosecond))
+	at, to := zeroAt(h, pa, time.Hour)
+	if at != 30*time.Second-time.Nanosecond || to != 0 {
+		t.Fatalf("scaled to %d at idle+%v, want 0 after the grace period", to, at)
+	}
+	if len(patches) != 1 {
+		t.Fatalf("%d state writes as the new holder, want 1", len(patches))
+	}
+	ann := patches[0]
+	var st keepalive.State
+	if err := json.Unmarshal([]byte(ann[asconfig.KeepAliveStateAnnotationKey].(string)), &st); err != nil {
+		t.Fatal(err)
+	}
+	// (The request that starts the last idle period came at once: bin 0.)
+	if !slices.Equal(st.Counts, [][2]uint32{{0, 1}, {10, 20}}) {
+		t.Errorf("state counts %v, want the 20 idle times learned without the bucket", st.Counts)
 	}
 }
