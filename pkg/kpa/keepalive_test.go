@@ -25,6 +25,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/keepalive"
 	"github.com/thaw-dev/thaw/pkg/multiscaler"
+	"github.com/thaw-dev/thaw/pkg/pacer"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
@@ -586,5 +587,38 @@ func TestKeepAliveLearnsWithoutTheBucket(t *testing.T) {
 	// (The request that starts the last idle period came at once: bin 0.)
 	if !slices.Equal(st.Counts, [][2]uint32{{0, 1}, {10, 20}}) {
 		t.Errorf("state counts %v, want the 20 idle times learned without the bucket", st.Counts)
+	}
+}
+
+// A pre-warm is no wake-up: while the cluster starts as many pods as it can,
+// it waits (and leaves nothing in the pacer's queue), and tries again.
+func TestKeepAlivePreWarmYieldsToPacer(t *testing.T) {
+	h, _ := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid })
+	h.clock.SetTime(t0.Add(-24 * time.Hour))
+	feedIdle(h, repeat(10*time.Minute+20*time.Second, 20)...)
+	h.clock.SetTime(h.r.keepAlive.revs[key].pol.IdleSince().Add(9 * time.Minute)) // the pre-warm window starts
+	h.scales.replicas = ptr32(0)
+	h.podInf.Core().V1().Pods().Informer().GetIndexer().Replace(nil, "")
+	h.r.pacing.p = pacer.New(pacer.Options{Initial: 1, Min: 1})
+	h.r.pacing.pod(revPod(other, "other-a", corev1.PodPending, false), false)
+	h.after = nil
+	if err := h.reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.scales.patches) != 0 {
+		t.Errorf("patches %v while the pacer is full, want none", h.scales.patches)
+	}
+	if st := h.r.pacing.p.Stats(h.clock.Now()); st.Queued != 0 {
+		t.Errorf("%d wake-ups queued, want the pre-warm withdrawn", st.Queued)
+	}
+	if !slices.Contains(h.after, requeue{key, preWarmRecheck}) {
+		t.Errorf("requeues %v, want one after %v", h.after, preWarmRecheck)
+	}
+	h.r.pacing.pod(revPod(other, "other-a", corev1.PodRunning, true), false)
+	if err := h.reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(h.scales.patches, []int32{1}) {
+		t.Errorf("patches %v once the pacer has room, want [1]", h.scales.patches)
 	}
 }
