@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clientgotesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/util/flowcontrol"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	nv1alpha1 "knative.dev/networking/pkg/apis/networking/v1alpha1"
 	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
@@ -620,5 +621,32 @@ func TestKeepAlivePreWarmYieldsToPacer(t *testing.T) {
 	}
 	if !slices.Equal(h.scales.patches, []int32{1}) {
 		t.Errorf("patches %v once the pacer has room, want [1]", h.scales.patches)
+	}
+}
+
+// The stat path's cost per stat: every stat the autoscaler takes goes
+// through ObserveStat.
+func BenchmarkObserveStat(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "policy off"
+		if on {
+			name = "policy on"
+		}
+		b.Run(name, func(b *testing.B) {
+			clk := clocktesting.NewFakeClock(t0)
+			r := &Reconciler{d: Deps{Clock: clk}}
+			r.keepAlive = &keepAlives{r: r, revs: map[types.NamespacedName]*kaRev{}}
+			if on {
+				pol, err := keepalive.New(PolicyConfig(asconfig.KeepAliveLearned, 90*time.Second), clk)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r.keepAlive.revs[key] = &kaRev{mode: asconfig.KeepAliveLearned, pol: pol}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				r.ObserveStat(key, traffic)
+			}
+		})
 	}
 }
