@@ -40,10 +40,12 @@ func labUp(ctx context.Context, args []string) error {
 	doSwap := fs.Bool("swap", false, "swap in Thaw's activator and autoscaler after the install")
 	skipBuild := fs.Bool("skip-build", false, "use the cached tools and images as they are")
 	fast := fs.Bool("fast-probes", false, "1 s readiness probes on Knative's Deployments (upstream: 10 s)")
+	domain := fs.String("cluster-domain", "", "the cluster's DNS domain (default cluster.local); change it on a lab that is down")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s, err := stack.Open(ctx, stack.Options{Out: os.Stdout, SkipBuild: *skipBuild, Swap: *doSwap, FastProbes: *fast})
+	s, err := stack.Open(ctx, stack.Options{Out: os.Stdout, SkipBuild: *skipBuild, Swap: *doSwap, FastProbes: *fast,
+		ClusterDomain: *domain})
 	if err != nil {
 		return err
 	}
@@ -130,6 +132,7 @@ func labIngress(ctx context.Context, args []string) error {
 	fs := newFlags("ingress")
 	kc := fs.String("kubeconfig", "", "kubeconfig of the cluster")
 	listen := fs.String("listen", "", "address to serve on, e.g. 10.88.0.1:80")
+	domain := fs.String("cluster-domain", kingress.DefaultClusterDomain, "the cluster's DNS domain")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -148,6 +151,6 @@ func labIngress(ctx context.Context, args []string) error {
 	log := logger.Sugar()
 	log.Infow("ingress starting", "listen", *listen)
 	t0 := time.Now()
-	return kingress.Run(ctx, cfg, kingress.Options{ListenAddr: *listen, Logger: log,
+	return kingress.Run(ctx, cfg, kingress.Options{ListenAddr: *listen, Logger: log, ClusterDomain: *domain,
 		Ready: func(a net.Addr) { log.Infow("ingress ready", "addr", a.String(), "after", time.Since(t0)) }})
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/thaw-dev/thaw/pkg/kingress"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/cluster"
@@ -42,6 +44,9 @@ type Options struct {
 	FastProbes bool
 	// Thaw is the path of the thaw binary the ingress daemon runs; default: this executable.
 	Thaw string
+	// ClusterDomain is the cluster's DNS domain (kubelet --cluster-domain, CoreDNS, the apiserver's
+	// certificate and the ingress's internal names); default cluster.local.
+	ClusterDomain string
 }
 
 // Stack is a lab with its tools resolved.
@@ -65,6 +70,11 @@ func (o *Options) defaults() error {
 	if o.Repo == "" {
 		if r, err := build.FindRepoRoot(); err == nil {
 			o.Repo = r
+		}
+	}
+	if o.ClusterDomain != "" {
+		if errs := validation.IsDNS1123Subdomain(o.ClusterDomain); len(errs) > 0 {
+			return fmt.Errorf("cluster domain %q: %s", o.ClusterDomain, strings.Join(errs, "; "))
 		}
 	}
 	return nil
@@ -103,7 +113,11 @@ func Open(ctx context.Context, o Options) (*Stack, error) {
 	if err != nil && !o.SkipBuild {
 		return nil, err
 	}
-	return &Stack{Opts: o, Paths: p, Lab: cluster.New(Config(o.Cache), ToolsFrom(p), o.Out)}, nil
+	c := Config(o.Cache)
+	if o.ClusterDomain != "" {
+		c.ClusterDomain = o.ClusterDomain
+	}
+	return &Stack{Opts: o, Paths: p, Lab: cluster.New(c, ToolsFrom(p), o.Out)}, nil
 }
 
 // OpenExisting returns a Stack for commands that only stop or inspect the lab: no build, best-effort paths.
@@ -224,7 +238,8 @@ func (s *Stack) StartIngress() error {
 		}
 	}
 	_, err := s.Lab.Procs.Start(proc.Spec{Name: cluster.Ingress, Path: dst, Args: []string{
-		"lab", "ingress", "--kubeconfig", s.Lab.Cfg.Kubeconfig(), "--listen", s.IngressAddr()}})
+		"lab", "ingress", "--kubeconfig", s.Lab.Cfg.Kubeconfig(), "--listen", s.IngressAddr(),
+		"--cluster-domain", s.Lab.Cfg.ClusterDomain}})
 	return err
 }
 
