@@ -86,6 +86,12 @@ type Config struct {
 	// the policy says (the stable window and grace period before scale to
 	// zero); the cost objective counts idle times within it as warm.
 	MinHold time.Duration
+	// MinIdle is the shortest pause that counts as an idle time; a
+	// shorter one continues the busy period. The autoscaler sees traffic
+	// through per-second stats and calls a revision idle only after
+	// StatQuiet without any, so a simulation that means to match it sets
+	// MinIdle to StatQuiet. 0 records every pause.
+	MinIdle time.Duration
 	// HalveAt bounds the counts: when the idle times recorded reach it,
 	// every count is halved, so that old behaviour fades and counters never
 	// overflow. 0 means 1<<30.
@@ -141,13 +147,18 @@ func (c Config) Validate() error {
 		return fmt.Errorf("keepalive: out-of-bounds threshold %v: want (0, 1]", c.OOBThreshold)
 	case c.MinSamples < 1 || c.CVThreshold < 0:
 		return fmt.Errorf("keepalive: min samples %d, CV threshold %v", c.MinSamples, c.CVThreshold)
-	case c.ColdStartCost < 0 || c.MinHold < 0 || c.ColdStartShare < 0:
-		return fmt.Errorf("keepalive: cold-start cost %v, min hold %v: want ≥ 0", c.ColdStartCost, c.MinHold)
+	case c.ColdStartCost < 0 || c.MinHold < 0 || c.ColdStartShare < 0 || c.MinIdle < 0:
+		return fmt.Errorf("keepalive: cold-start cost %v, min hold %v, min idle %v: want ≥ 0", c.ColdStartCost, c.MinHold, c.MinIdle)
 	case c.Fallback.PreWarm < 0 || c.Fallback.KeepAlive < 0:
 		return fmt.Errorf("keepalive: negative fallback %+v", c.Fallback)
 	}
 	return nil
 }
+
+// StatQuiet is how long the autoscaler waits without a stat showing traffic
+// before it calls a revision idle (stats come every second while there is
+// traffic; two seconds let one go missing).
+const StatQuiet = 2 * time.Second
 
 // maxBins bounds the state of one revision.
 const maxBins = 1440
@@ -246,7 +257,9 @@ func (p *Policy) Busy() {
 	if p.idleSince.IsZero() {
 		return
 	}
-	p.record(p.clk.Since(p.idleSince))
+	if d := p.clk.Since(p.idleSince); d >= p.cfg.MinIdle {
+		p.record(d)
+	}
 }
 
 // Arrivals notes n requests arriving now: the revision is busy (see Busy),
@@ -262,12 +275,20 @@ func (p *Policy) Arrivals(n uint64) {
 
 // Idle notes that the revision has no request in flight from now on. Calls
 // while idle do nothing.
-func (p *Policy) Idle() {
+func (p *Policy) Idle() { p.IdleAt(p.clk.Now()) }
+
+// IdleAt is Idle dated back to t (never later than now): the autoscaler
+// knows a revision went idle only a quiet period after its last request,
+// and dates the idle period from that request.
+func (p *Policy) IdleAt(t time.Time) {
 	if !p.busy {
 		return
 	}
 	p.busy = false
-	p.idleSince = p.clk.Now()
+	if now := p.clk.Now(); t.IsZero() || t.After(now) {
+		t = now
+	}
+	p.idleSince = t
 }
 
 // IsBusy reports whether the revision has a request in flight.

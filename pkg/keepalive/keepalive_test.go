@@ -280,3 +280,48 @@ func TestPlanAtAndSummary(t *testing.T) {
 		t.Errorf("summary %+v", s)
 	}
 }
+
+func TestIdleAtAndMinIdle(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		minIdle time.Duration
+		pauses  []time.Duration
+		want    [][2]uint32
+	}{
+		{"every pause", 0, []time.Duration{time.Second, 3 * time.Second, 90 * time.Second}, [][2]uint32{{0, 2}, {1, 1}}},
+		{"pauses under 2 s continue the busy period", StatQuiet, []time.Duration{time.Second, 3 * time.Second, 90 * time.Second},
+			[][2]uint32{{0, 1}, {1, 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := PaperConfig()
+			cfg.MinIdle = tc.minIdle
+			p, clk := newPolicy(t, cfg)
+			feed(p, clk, time.Second, tc.pauses...)
+			if got := p.Snapshot().Counts; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("counts %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// Dated back: the idle period starts at the last request, not when
+	// it was noticed; never in the future, never unknown.
+	p, clk := newPolicy(t, PaperConfig())
+	p.Busy()
+	last := clk.Now()
+	clk.Step(StatQuiet)
+	p.IdleAt(last)
+	if !p.IdleSince().Equal(last) {
+		t.Errorf("idle since %v, want %v", p.IdleSince(), last)
+	}
+	for _, at := range []time.Time{{}, clk.Now().Add(time.Hour)} {
+		p.Busy()
+		p.IdleAt(at)
+		if !p.IdleSince().Equal(clk.Now()) {
+			t.Errorf("IdleAt(%v): idle since %v, want now", at, p.IdleSince())
+		}
+	}
+	bad := PaperConfig()
+	bad.MinIdle = -1
+	if bad.Validate() == nil {
+		t.Error("negative MinIdle accepted")
+	}
+}

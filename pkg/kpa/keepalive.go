@@ -12,8 +12,9 @@ package kpa
 // policy of every revision that has it on, and a replica taking a bucket over
 // has its revisions' histograms warm. A stat with requests in flight or
 // counted makes the revision busy; no such stat for keepAliveQuiet makes it
-// idle. The time from idle to the next busy is the idle time the histogram
-// records, as `thaw replay --simulate` records it from requests.
+// idle, dated from that last stat. The time from idle to the next busy is
+// the idle time the histogram records, as `thaw replay --simulate` records
+// it from requests (pauses under 2 s are not seen here, hence MinIdle).
 //
 // Acting (the bucket holder, in the scale-to-zero path): once the PA is
 // inactive, the last pod stays while the policy wants a pod (instead of the
@@ -57,9 +58,8 @@ import (
 
 const (
 	// keepAliveQuiet is how long a busy revision goes without a stat
-	// showing traffic before it counts as idle. Stats come every second
-	// while there is traffic; two seconds let one go missing.
-	keepAliveQuiet = 2 * time.Second
+	// showing traffic before it counts as idle (from its last such stat).
+	keepAliveQuiet = keepalive.StatQuiet
 	// keepAliveTick is how often busy revisions are checked for quiet.
 	keepAliveTick = time.Second
 	// keepAlivePersistEvery bounds the state writes of one revision while
@@ -151,13 +151,15 @@ func newKeepAlives(r *Reconciler) (*keepAlives, error) {
 
 // PolicyConfig is the keepalive.Config of a mode, with hold the time a pod
 // stays anyway after the revision goes idle (the stable window and the
-// grace period). `thaw replay --simulate` runs the same configurations.
+// grace period): `thaw replay --simulate`'s learned or hybrid, seeing
+// pauses as the stat path does (MinIdle keepalive.StatQuiet).
 func PolicyConfig(m asconfig.KeepAliveMode, hold time.Duration) keepalive.Config {
 	c := keepalive.DefaultConfig()
 	if m == asconfig.KeepAliveHybrid {
 		c = keepalive.PaperConfig()
 	}
 	c.MinHold = hold
+	c.MinIdle = keepalive.StatQuiet
 	return c
 }
 
@@ -298,14 +300,17 @@ func (k *keepAlives) observe(key types.NamespacedName, s wire.Stat) {
 }
 
 // tick turns busy revisions without traffic for quietIn idle, and returns
-// them.
+// them. (A busy state restored from a snapshot has no last traffic: idle
+// from now.)
 func (k *keepAlives) tick(now time.Time) []types.NamespacedName {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var idled []types.NamespacedName
 	for key, rev := range k.revs {
 		if rev.pol.IsBusy() && now.Sub(rev.last) >= k.quietIn {
-			rev.pol.Idle()
+			// Idle since the last traffic, as the simulation dates it
+			// from the last request.
+			rev.pol.IdleAt(rev.last)
 			idled = append(idled, key)
 		}
 	}

@@ -80,10 +80,26 @@ func repeat(d time.Duration, n int) []time.Duration {
 	return out
 }
 
+// feedIdleUntil is feedIdle timed so that the last request is at end: the
+// revision is idle since end, and the clock ends a quiet period later.
+func feedIdleUntil(h *harness, end time.Time, idles ...time.Duration) {
+	h.t.Helper()
+	start := end.Add(-time.Duration(len(idles)) * keepAliveQuiet)
+	for _, d := range idles {
+		start = start.Add(-d)
+	}
+	h.clock.SetTime(start)
+	feedIdle(h, idles...)
+	if got := h.r.keepAlive.revs[key].pol.IdleSince(); !got.Equal(end) {
+		h.t.Fatalf("idle since %v, want %v", got, end)
+	}
+}
+
 // zeroAt reconciles the PA from now, driven by its requeues (and every
 // `poll` besides, as informer events would), until the scale target is
-// patched or horizon passes; it returns the time of the first patch and
-// its value (-1: none). The status written goes back into the lister.
+// patched or horizon passes; it returns the time of the first patch, from
+// t0, and its value (-1: none). The status written goes back into the
+// lister.
 func zeroAt(h *harness, pa *autoscalingv1alpha1.PodAutoscaler, horizon time.Duration) (time.Duration, int32) {
 	h.t.Helper()
 	start := h.clock.Now()
@@ -97,7 +113,7 @@ func zeroAt(h *harness, pa *autoscalingv1alpha1.PodAutoscaler, horizon time.Dura
 			_ = h.sf.Autoscaling().V1alpha1().PodAutoscalers().Informer().GetIndexer().Update(st)
 		}
 		if len(h.scales.patches) > 0 {
-			return h.clock.Now().Sub(start), h.scales.patches[0]
+			return h.clock.Now().Sub(t0), h.scales.patches[0]
 		}
 		next := poll
 		for _, a := range h.after {
@@ -202,12 +218,7 @@ func TestKeepAliveHoldsLearnedWindow(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h, pa := kaHarness(t, nil, withAnn(asconfig.KeepAliveAnnotationKey, string(tc.mode)),
 				withAnn(asconfig.ScaleToZeroPodRetentionPeriodKey, "30m"))
-			h.clock.SetTime(t0.Add(-24 * time.Hour))
-			feedIdle(h, tc.idles...)
-			// The last idle period starts at t0.
-			h.r.ObserveStat(key, traffic)
-			h.clock.SetTime(t0)
-			h.r.keepAlive.tick(t0.Add(time.Nanosecond))
+			feedIdleUntil(h, t0, tc.idles...)
 			w := h.r.keepAlive.revs[key].pol.Windows()
 			if w.PreWarm != 0 {
 				t.Fatalf("windows %+v: want no pre-warm wait", w)
@@ -225,11 +236,7 @@ func TestKeepAliveHoldsLearnedWindow(t *testing.T) {
 func TestKeepAlivePreWarm(t *testing.T) {
 	h, pa := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid })
 	// Every 10m20s: pre-warm at 9 min after idle, keep to 12m06s.
-	h.clock.SetTime(t0.Add(-24 * time.Hour))
-	feedIdle(h, repeat(10*time.Minute+20*time.Second, 20)...)
-	h.r.ObserveStat(key, traffic)
-	h.clock.SetTime(t0)
-	h.r.keepAlive.tick(t0.Add(time.Nanosecond))
+	feedIdleUntil(h, t0, repeat(10*time.Minute+20*time.Second, 20)...)
 
 	// Inactive: the pod goes after the grace period (the policy wants none
 	// for 9 minutes).
@@ -242,8 +249,8 @@ func TestKeepAlivePreWarm(t *testing.T) {
 	// At zero: a reconcile asks to come back 2 s (a pod start) ahead.
 	h.clock.Step(10 * time.Second)
 	at, to = zeroAt(h, pa, time.Hour)
-	if want := 9*time.Minute - 2*time.Second - 40*time.Second + time.Nanosecond; at != want || to != 1 {
-		t.Errorf("pre-warm: scaled to %d after %v more, want 1 after %v", to, at, want)
+	if want := 9*time.Minute - 2*time.Second; at != want || to != 1 {
+		t.Errorf("pre-warm: scaled to %d at idle+%v, want 1 at +%v", to, at, want)
 	}
 	if got := h.r.keepAlive.revs[key].prewarms; got != 1 {
 		t.Errorf("%d pre-warms counted, want 1", got)
@@ -387,8 +394,8 @@ func TestKeepAliveStateSurvivesRestart(t *testing.T) {
 	h2.deciders.set(key, multiscaler.Status{DesiredScale: -1})
 	pa2, _ := h2.sf.Autoscaling().V1alpha1().PodAutoscalers().Lister().PodAutoscalers(key.Namespace).Get(key.Name)
 	at, to := zeroAt(h2, pa2, time.Hour)
-	if want := p2.IdleSince().Add(9*time.Minute - 2*time.Second).Sub(h.clock.Now()); at != want || to != 1 {
-		t.Errorf("restarted at zero: scaled to %d after %v, want 1 after %v", to, at, want)
+	if want := p2.IdleSince().Add(9*time.Minute - 2*time.Second).Sub(t0); at != want || to != 1 {
+		t.Errorf("restarted at zero: scaled to %d at t0+%v, want 1 at t0+%v", to, at, want)
 	}
 }
 
@@ -550,8 +557,7 @@ func TestKeepAliveLearnsWithoutTheBucket(t *testing.T) {
 	h, pa := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid })
 	var holds atomic.Bool
 	h.r.d.Owns = func(types.NamespacedName) bool { return holds.Load() }
-	h.clock.SetTime(t0.Add(-24 * time.Hour))
-	feedIdle(h, repeat(10*time.Minute+20*time.Second, 20)...)
+	feedIdleUntil(h, t0, repeat(10*time.Minute+20*time.Second, 20)...)
 	if err := h.reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -570,9 +576,6 @@ func TestKeepAliveLearnsWithoutTheBucket(t *testing.T) {
 		return false, nil, nil
 	})
 	holds.Store(true)
-	h.r.ObserveStat(key, traffic)
-	h.clock.SetTime(t0)
-	h.r.keepAlive.tick(t0.Add(time.Nanosecond))
 	at, to := zeroAt(h, pa, time.Hour)
 	if at != 30*time.Second-time.Nanosecond || to != 0 {
 		t.Fatalf("scaled to %d at idle+%v, want 0 after the grace period", to, at)
@@ -585,8 +588,7 @@ func TestKeepAliveLearnsWithoutTheBucket(t *testing.T) {
 	if err := json.Unmarshal([]byte(ann[asconfig.KeepAliveStateAnnotationKey].(string)), &st); err != nil {
 		t.Fatal(err)
 	}
-	// (The request that starts the last idle period came at once: bin 0.)
-	if !slices.Equal(st.Counts, [][2]uint32{{0, 1}, {10, 20}}) {
+	if !slices.Equal(st.Counts, [][2]uint32{{10, 20}}) {
 		t.Errorf("state counts %v, want the 20 idle times learned without the bucket", st.Counts)
 	}
 }
