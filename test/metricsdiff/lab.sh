@@ -7,6 +7,7 @@
 # Brings the lab up and down itself. Upstream serves :9090 only with metrics-protocol: prometheus, read
 # at start, so both sides run with it and are restarted after the change.
 set -euo pipefail
+trap "exit 1" TERM INT
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/thaw-metricsdiff}
 THAW=${THAW:-bin/thaw}

@@ -105,7 +105,13 @@ type family struct {
 	typ string
 	// labelSets are the distinct sets of label names of its series (le and quantile excluded).
 	labelSets map[string]bool
+	// values are the distinct values of the labels whose values are fixed names a dashboard selects on
+	// (valueLabels), as "label=value".
+	values map[string]bool
 }
+
+// valueLabels name things rather than requests or revisions: their values are compared too.
+var valueLabels = map[string]bool{"name": true, "peer": true, "go_memory_type": true, "otel_scope_name": true}
 
 func parse(r io.Reader) (map[string]family, error) {
 	p := expfmt.NewTextParser(model.LegacyValidation)
@@ -115,9 +121,14 @@ func parse(r io.Reader) (map[string]family, error) {
 	}
 	out := map[string]family{}
 	for name, mf := range mfs {
-		f := family{typ: strings.ToLower(mf.GetType().String()), labelSets: map[string]bool{}}
+		f := family{typ: strings.ToLower(mf.GetType().String()), labelSets: map[string]bool{}, values: map[string]bool{}}
 		for _, m := range mf.GetMetric() {
 			f.labelSets[labelNames(m)] = true
+			for _, l := range m.GetLabel() {
+				if valueLabels[l.GetName()] {
+					f.values[l.GetName()+"="+l.GetValue()] = true
+				}
+			}
 		}
 		out[name] = f
 	}
@@ -174,6 +185,8 @@ func report(component string, up, thaw map[string]family, out io.Writer) {
 			onlyUp = append(onlyUp, n+" "+f.typ+" "+sets(f))
 		case t.typ != f.typ || sets(t) != sets(f):
 			differ = append(differ, fmt.Sprintf("%s: upstream %s %s; Thaw %s %s", n, f.typ, sets(f), t.typ, sets(t)))
+		case join(t.values) != join(f.values):
+			differ = append(differ, fmt.Sprintf("%s: upstream values %s; Thaw %s", n, join(f.values), join(t.values)))
 		default:
 			same++
 		}
@@ -183,12 +196,12 @@ func report(component string, up, thaw map[string]family, out io.Writer) {
 			onlyThaw = append(onlyThaw, n+" "+f.typ+" "+sets(f))
 		}
 	}
-	fmt.Fprintf(out, "## %s\n\n%d families alike (type and label names), %d only upstream's, %d only Thaw's, %d differ.\n",
+	fmt.Fprintf(out, "## %s\n\n%d families alike, %d only upstream's, %d only Thaw's, %d differ.\n",
 		component, same, len(onlyUp), len(onlyThaw), len(differ))
 	for _, s := range []struct {
 		title string
 		lines []string
-	}{{"Only upstream's", onlyUp}, {"Only Thaw's", onlyThaw}, {"Different type or label names", differ}} {
+	}{{"Only upstream's", onlyUp}, {"Only Thaw's", onlyThaw}, {"Different type, label names or names in name/peer/scope labels", differ}} {
 		if len(s.lines) == 0 {
 			continue
 		}
@@ -201,9 +214,11 @@ func report(component string, up, thaw map[string]family, out io.Writer) {
 	fmt.Fprintln(out)
 }
 
-func sets(f family) string {
+func sets(f family) string { return join(f.labelSets) }
+
+func join(set map[string]bool) string {
 	var s []string
-	for k := range f.labelSets {
+	for k := range set {
 		s = append(s, k)
 	}
 	sort.Strings(s)
