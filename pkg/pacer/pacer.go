@@ -22,9 +22,15 @@
 //   - decrease: an excess above Queue means start latency grows with the
 //     starting count (saturation); the window drops to what the cluster
 //     delivers plus the allowance, n×B/L + Queue (Westwood sets its window
-//     to bandwidth × minimum RTT the same way, rather than halving). At most
-//     once per round: only a wake-up admitted after the last cut may cut
-//     again, as TCP cuts once per round trip.
+//     to bandwidth × minimum RTT the same way), but never below half the
+//     window nor below Min (10). At most once per round: only a wake-up
+//     admitted after the last cut may cut again, as TCP cuts once per
+//     round trip. The bounds are there because a real node is not pure
+//     processor sharing: probe periods and kubelet loops run in parallel,
+//     so it delivers fewer pods a second at a small window. On the lab
+//     under other load, an unbounded cut from the first round (30 pods,
+//     all late) went to 9 and the burst's last tenth took twice
+//     upstream's time.
 //   - additive increase: W ← W + 1 for each start without such an excess
 //     while wake-ups wait;
 //   - while nothing waits, W regrows toward Initial by Recover pods a
@@ -89,7 +95,7 @@ type Options struct {
 // Defaults.
 const (
 	DefaultInitial    = 30
-	DefaultMin        = 2
+	DefaultMin        = 10
 	DefaultMax        = 10000
 	DefaultQueue      = 8
 	DefaultRecover    = 2
@@ -410,7 +416,11 @@ func (p *Pacer) observe(now time.Time, g *grant, lat time.Duration) {
 	switch {
 	case mean-busy > p.o.Queue:
 		if g.admitted.After(p.lastCut) {
-			p.window = max(p.o.Min, min(p.window, busy+p.o.Queue))
+			// At most a halving per round: the estimate comes from one
+			// start, and a node is not pure processor sharing (probe
+			// periods and kubelet loops run in parallel), so a window cut
+			// far below what it delivered idles the node.
+			p.window = max(p.o.Min, p.window/2, min(p.window, busy+p.o.Queue))
 			p.lastCut = now
 		}
 	case len(p.queue) > 0:

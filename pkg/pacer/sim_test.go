@@ -173,6 +173,12 @@ func TestSimulatedNode(t *testing.T) {
 		// minimum here, and the node idled between starts).
 		{"slowed by other work", node{rate: 3.5, create: 200 * time.Millisecond, after: 100 * time.Millisecond}, 0.75, 1.15,
 			&node{rate: 3.5, create: 200 * time.Millisecond, after: 2 * time.Second}},
+		// The lab with other work on its two CPUs (the run that collapsed
+		// the window before cuts were bounded by a halving and a floor):
+		// the baseline learned quiet, the burst on a node at 1 pod a
+		// second with 3 s of every start not shared.
+		{"the lab under load", node{rate: 2.5, create: 200 * time.Millisecond, after: 300 * time.Millisecond}, 0.75, 1.05,
+			&node{rate: 1, create: 200 * time.Millisecond, after: 3 * time.Second}},
 	}
 	for _, c := range nodes {
 		t.Run(c.name, func(t *testing.T) {
