@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
@@ -51,11 +52,41 @@ func ksvcObject(name, ns, image, cpu string) *unstructured.Unstructured {
 	}}
 }
 
-// ensureNamespace creates ns unless it exists.
+// namespaceGoneTimeout bounds the wait for a namespace's deletion: 100 ksvcs and their pods take a
+// minute or two to finalize on the lab.
+const namespaceGoneTimeout = 5 * time.Minute
+
+// namespacePoll is how often a terminating namespace is checked.
+const namespacePoll = time.Second
+
+// ensureNamespace creates ns unless it exists. A namespace still terminating (the last run's) is
+// waited out first: creates into it fail, and its services, still listed, would pass for the new ones.
 func ensureNamespace(ctx context.Context, c *kube.Client, ns string) error {
+	if err := waitNamespaceGone(ctx, c, ns, true, namespacePoll); err != nil {
+		return err
+	}
 	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+// waitNamespaceGone returns once ns does not exist. With onlyTerminating, a namespace that exists
+// and is not being deleted is fine too.
+func waitNamespaceGone(ctx context.Context, c *kube.Client, ns string, onlyTerminating bool, poll time.Duration) error {
+	err := wait.PollUntilContextTimeout(ctx, poll, namespaceGoneTimeout, true, func(ctx context.Context) (bool, error) {
+		got, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil
+		case err != nil:
+			return false, nil // the apiserver blinked: ask again
+		}
+		return onlyTerminating && got.DeletionTimestamp == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("namespace %s still terminating after %v: %w", ns, namespaceGoneTimeout, err)
 	}
 	return nil
 }
@@ -159,11 +190,12 @@ func readyService(u *unstructured.Unstructured) (*service, string) {
 	return &service{Name: u.GetName(), Revision: rev, Host: host}, ""
 }
 
-// deleteNamespace removes the experiment's namespace and everything in it.
+// deleteNamespace removes the experiment's namespace and everything in it, and waits until it is gone.
 func deleteNamespace(ctx context.Context, c *kube.Client, ns string) error {
 	err := c.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
-	return nil
+	// Wait it out, so that the next run (often the same command again) starts on a clean slate.
+	return waitNamespaceGone(ctx, c, ns, false, namespacePoll)
 }
