@@ -138,9 +138,12 @@ func (i *Injector) store(s Set) {
 	now := i.o.Clock.Now()
 	for _, sp := range s {
 		if d := sp.Until.Sub(now); !sp.Until.IsZero() && d > 0 {
+			until := sp.Until
 			i.expiries = append(i.expiries, i.o.Clock.AfterFunc(d, func() {
-				// A timer stopped too late finds another set in force and stays quiet.
+				// A timer stopped too late finds another set in force and stays quiet. The callback
+				// must not read the clock: a fake clock runs it under its own lock.
 				if i.set.Load() == a {
+					i.noteExpired(a, until)
 					i.changed()
 				}
 			}))
@@ -169,7 +172,7 @@ func (i *Injector) Current() Set {
 	return out
 }
 
-// active returns f's spec when it is set and not expired; the first call after its expiry logs it.
+// active returns f's spec when it is set and not expired.
 func (i *Injector) active(f Fault) (Spec, bool) {
 	a := i.set.Load()
 	s, ok := a.specs[f]
@@ -177,12 +180,26 @@ func (i *Injector) active(f Fault) (Spec, bool) {
 		return Spec{}, false
 	}
 	if !s.Until.IsZero() && !i.o.Clock.Now().Before(s.Until) {
-		if a.expired[f].CompareAndSwap(false, true) {
-			i.o.Logger.Infow("Fault expired; no longer injected", "fault", string(f), "until", s.Until)
-		}
+		i.logExpired(a, f, s)
 		return Spec{}, false
 	}
 	return s, true
+}
+
+// noteExpired logs the faults of a that expire at or before until (from the timer of until).
+func (i *Injector) noteExpired(a *activeSet, until time.Time) {
+	for f, s := range a.specs {
+		if !s.Until.IsZero() && !until.Before(s.Until) {
+			i.logExpired(a, f, s)
+		}
+	}
+}
+
+// logExpired logs f's expiry once per setting, whoever sees it first (its timer or a decision).
+func (i *Injector) logExpired(a *activeSet, f Fault, s Spec) {
+	if a.expired[f].CompareAndSwap(false, true) {
+		i.o.Logger.Infow("Fault expired; no longer injected", "fault", string(f), "until", s.Until)
+	}
 }
 
 // fire decides whether to inject f now: it is in force and the draw falls under its probability.
