@@ -28,7 +28,8 @@ type Sink interface {
 }
 
 // WrapSink returns s with PokeDrop, PokeDelay, StatsDrop and StatsDelay. A delayed message is handed
-// to s from a timer of clk, so the caller (the request path, for pokes) never waits.
+// to s from a timer of clk, so the caller (the request path, for pokes) never waits. (A fake clk runs
+// its timers under its own lock: in a test, s must then not read that same clock.)
 func (i *Injector) WrapSink(s Sink, clk clock.WithDelayedExecution) Sink {
 	return &faultySink{i: i, next: s, clk: clk}
 }
