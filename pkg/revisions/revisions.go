@@ -151,12 +151,18 @@ func cannotStart(rev *servingv1.Revision) string {
 		return ""
 	}
 	for _, t := range []apis.ConditionType{servingv1.RevisionConditionResourcesAvailable, servingv1.RevisionConditionContainerHealthy} {
-		if c := rev.Status.GetCondition(t); c != nil && c.IsFalse() {
+		if c := rev.Status.GetCondition(t); c != nil && c.IsFalse() && !killedFromOutside[c.Reason] {
 			return reasonMessage(c)
 		}
 	}
 	return ""
 }
+
+// killedFromOutside are ContainerHealthy reasons of a container ended by a signal (SIGKILL: a kill, an
+// eviction, the OOM killer; SIGTERM). Upstream's reconciler keeps the reason after the revision scales
+// to zero, until a pod is ready again, so one killed pod would make every later cold request fail fast
+// although the next pod starts fine. A revision whose pods keep dying shows CrashLoopBackOff in Active.
+var killedFromOutside = map[string]bool{"ExitCode137": true, "ExitCode143": true}
 
 func reasonMessage(c *apis.Condition) string {
 	if c.Message == "" {

@@ -291,6 +291,13 @@ func TestCannotStart(t *testing.T) {
 			want: "ImagePullBackOff: Back-off pulling image \"nope\""},
 		{name: "crashing", conds: []apis.Condition{cond("Ready", "False", "ExitCode1", ""),
 			cond("ResourcesAvailable", "Unknown", "", ""), cond("ContainerHealthy", "False", "ExitCode1", "")}, want: "ExitCode1"},
+		{name: "a container killed once (SIGKILL) is no reason at zero", conds: []apis.Condition{cond("Ready", "False", "ExitCode137", ""),
+			cond("ResourcesAvailable", "True", "", ""), cond("ContainerHealthy", "False", "ExitCode137", "Container failed with: ")}},
+		{name: "nor one stopped by SIGTERM", conds: []apis.Condition{cond("Ready", "False", "ExitCode143", ""),
+			cond("ContainerHealthy", "False", "ExitCode143", "")}},
+		{name: "killed, then crash looping", conds: []apis.Condition{cond("Ready", "False", "ExitCode137", ""),
+			cond("ContainerHealthy", "False", "ExitCode137", ""), cond("Active", "Unknown", "CrashLoopBackOff", "back-off 20s")},
+			want: "CrashLoopBackOff: back-off 20s"},
 		{name: "ready false for another reason", conds: []apis.Condition{cond("Ready", "False", "Other", ""),
 			cond("ResourcesAvailable", "True", "", ""), cond("ContainerHealthy", "True", "", "")}},
 		// Pod-level reasons from Thaw's autoscaler, through the PodAutoscaler, in the Active condition of a
