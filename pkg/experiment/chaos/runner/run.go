@@ -488,7 +488,7 @@ func (r *run) services(ctx context.Context) (load.Target, []load.Target, error) 
 		if _, err := o.Client.Kube.CoreV1().ConfigMaps(o.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return load.Target{}, nil, err
 		}
-		svc := mk(doomedService, map[string]any{"autoscaling.knative.dev/window": "6s", "serving.knative.dev/progress-deadline": "30s"})
+		svc := mk(doomedService, map[string]any{"autoscaling.knative.dev/window": "6s", "serving.knative.dev/progress-deadline": "12s"})
 		spec := svc.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
 		spec["volumes"] = []any{map[string]any{"name": "never", "configMap": map[string]any{"name": doomedConfigMap}}}
 		c := spec["containers"].([]any)[0].(map[string]any)
