@@ -258,8 +258,9 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 		latency := h.cfg.Clock.Since(start).Seconds()
 		// Not for a revision deleted meanwhile: the observation would bring its series back for good.
 		if info.Hold() {
-			h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), protoVersion(r),
-				info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
+			scheme, host, port := serverLabels(r)
+			h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), "http", protoVersion(r),
+				scheme, host, port, info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
 			info.Release()
 		}
 		if h.cfg.RequestLog.enabled() {

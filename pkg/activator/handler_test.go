@@ -404,7 +404,8 @@ func TestMetrics(t *testing.T) {
 				l[lp.GetName()] = lp.GetValue()
 			}
 			if l["http_response_status_code"] == "418" && l["http_request_method"] == "POST" && l["kn_revision_name"] == "rev" &&
-				l["kn_service_name"] == "svc" && met.GetHistogram().GetSampleCount() == 1 {
+				l["kn_service_name"] == "svc" && l["url_scheme"] == "http" && l["network_protocol_name"] == "http" &&
+				l["server_address"] != "" && met.GetHistogram().GetSampleCount() == 1 {
 				found = true
 			}
 		}

@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"net"
 	"net/http"
 	"strconv"
 
@@ -33,7 +34,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Duration of HTTP server requests.",
 			// OTel's semantic-convention buckets for this instrument.
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10},
-		}, []string{"http_request_method", "http_response_status_code", "network_protocol_version",
+		}, []string{"http_request_method", "http_response_status_code", "network_protocol_name", "network_protocol_version",
+			"url_scheme", "server_address", "server_port",
 			"kn_service_name", "kn_configuration_name", "kn_revision_name", "k8s_namespace_name"}),
 	}
 	if reg != nil {
@@ -57,6 +59,23 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "_OTHER"
+}
+
+// serverLabels are otelhttp's url.scheme, server.address and server.port of a request: the Host's
+// name, and its port only when it is not the scheme's default (an empty label is no label).
+func serverLabels(r *http.Request) (scheme, host, port string) {
+	scheme, def := "http", "80"
+	if r.TLS != nil {
+		scheme, def = "https", "443"
+	}
+	host, port, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		return scheme, r.Host, ""
+	}
+	if port == def {
+		port = ""
+	}
+	return scheme, host, port
 }
 
 func protoVersion(r *http.Request) string {
