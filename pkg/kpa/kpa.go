@@ -49,6 +49,10 @@ import (
 	"github.com/thaw-dev/thaw/pkg/workloop"
 )
 
+// QueueName is the workqueue's name as upstream's KPA controller names it (its reconciler's Go type),
+// so that the kn_workqueue_* series carry the same name label.
+const QueueName = "knative.dev.serving.pkg.reconciler.autoscaling.kpa.Reconciler"
+
 // Label keys.
 const (
 	revisionLabel      = "serving.knative.dev/revision"
@@ -172,7 +176,7 @@ func New(d Deps) (*Reconciler, error) {
 			d.SKSs.Informer().HasSynced, d.Pods.HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
-			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "kpa", Clock: d.Clock}),
+			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: QueueName, Clock: d.Clock}),
 	}
 	r.after = r.queue.AddAfter
 	r.wake = newWaker()

@@ -95,7 +95,7 @@ func TestMetricsOTLPAndPrometheus(t *testing.T) {
 	for _, re := range []string{
 		`target_info\{k8s_namespace_name="knative-serving",k8s_pod_name="autoscaler-0",service_name="autoscaler",`,
 		`kn_revision_pods_requested\{[^}]*otel_scope_name="knative.dev/serving/pkg/autoscaler"`,
-		`kn_workqueue_adds_total\{name="kpa",otel_scope_name="knative.dev/pkg/observability/metrics/k8s",`,
+		`kn_workqueue_adds_total\{name="knative.dev.serving.pkg.reconciler.autoscaling.kpa.Reconciler",otel_scope_name="knative.dev/pkg/observability/metrics/k8s",`,
 		`go_memory_used_bytes\{go_memory_type="stack",otel_scope_name=`,
 		`promhttp_metric_handler_requests_total\{code="200"\}`,
 	} {

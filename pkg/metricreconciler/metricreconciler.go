@@ -29,6 +29,10 @@ import (
 	"github.com/thaw-dev/thaw/pkg/workloop"
 )
 
+// QueueName is the workqueue's name as upstream's Metric controller names it (its reconciler's Go
+// type), so that the kn_workqueue_* series carry the same name label.
+const QueueName = "knative.dev.serving.pkg.reconciler.metric.reconciler"
+
 // Condition reasons, as upstream's.
 const (
 	ReasonNoEndpoints       = "NoEndpoints"
@@ -80,7 +84,7 @@ func New(d Deps) (*Reconciler, error) {
 		owns:      d.Owns,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
-			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "metric"}),
+			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: QueueName}),
 	}
 	if r.logger == nil {
 		r.logger = zap.NewNop().Sugar()
