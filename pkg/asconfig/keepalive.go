@@ -1,6 +1,7 @@
 package asconfig
 
 import (
+	"strconv"
 	"strings"
 )
 
@@ -26,6 +27,11 @@ const (
 	// PodAutoscaler: the windows the policy learned, as JSON (see
 	// kpa.KeepAliveWindows).
 	KeepAliveWindowsAnnotationKey = thawAnnotationPrefix + "keep-alive-windows"
+	// KeepAliveTimeScaleAnnotationKey, for trace replays whose time runs
+	// N times faster than the trace's (thaw replay --speed N), shrinks the
+	// policy's time constants by N (keepalive.Config.TimeScaled): an
+	// integer ≥ 1 dividing 60. Default 1.
+	KeepAliveTimeScaleAnnotationKey = thawAnnotationPrefix + "keep-alive-time-scale"
 	// KeepAliveStateAnnotationKey is written by the autoscaler on the
 	// PodAutoscaler: the policy's bounded state (keepalive.State as JSON),
 	// read back when an autoscaler replica takes the revision over.
@@ -102,4 +108,20 @@ func (c *Config) KeepAliveFor(ann map[string]string) (KeepAliveMode, error) {
 		return KeepAliveOff, nil
 	}
 	return c.KeepAlive, nil
+}
+
+const wantTimeScale = "an integer ≥ 1 dividing 60 (the policy is off for this revision)"
+
+// KeepAliveTimeScale is the keep-alive time-scale annotation: 1 when absent;
+// an error (and 1) when it is not an integer dividing 60.
+func KeepAliveTimeScale(ann map[string]string) (int, error) {
+	s, ok := ann[KeepAliveTimeScaleAnnotationKey]
+	if !ok {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 || 60%n != 0 {
+		return 1, annErr(KeepAliveTimeScaleAnnotationKey, s, wantTimeScale, err)
+	}
+	return n, nil
 }

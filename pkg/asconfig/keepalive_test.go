@@ -77,3 +77,28 @@ func TestKeepAliveFor(t *testing.T) {
 		})
 	}
 }
+
+func TestKeepAliveTimeScale(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		set   bool
+		want  int
+		bad   bool
+	}{
+		{want: 1}, {value: "12", set: true, want: 12}, {value: " 60 ", set: true, want: 60}, {value: "1", set: true, want: 1},
+		{value: "7", set: true, want: 1, bad: true}, {value: "0", set: true, want: 1, bad: true},
+		{value: "2.5", set: true, want: 1, bad: true}, {value: "120", set: true, want: 1, bad: true},
+	} {
+		ann := map[string]string{}
+		if tc.set {
+			ann[KeepAliveTimeScaleAnnotationKey] = tc.value
+		}
+		got, err := KeepAliveTimeScale(ann)
+		if got != tc.want || (err != nil) != tc.bad {
+			t.Errorf("%q: %d, %v; want %d, error %v", tc.value, got, err, tc.want, tc.bad)
+		}
+		if tc.bad && !strings.Contains(err.Error(), KeepAliveTimeScaleAnnotationKey) {
+			t.Errorf("%q: error %q does not name the annotation", tc.value, err)
+		}
+	}
+}

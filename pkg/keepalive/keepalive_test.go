@@ -325,3 +325,34 @@ func TestIdleAtAndMinIdle(t *testing.T) {
 		t.Error("negative MinIdle accepted")
 	}
 }
+
+// Idle times replayed 12 times faster under a config scaled by 12 give the
+// same windows, scaled, as the originals under the original config.
+func TestTimeScaled(t *testing.T) {
+	for _, base := range []Config{PaperConfig(), DefaultConfig()} {
+		scaled, err := base.TimeScaled(12)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idles := append(repeat(3*time.Minute+10*time.Second, 40), repeat(25*time.Minute, 6)...)
+		p, clk := newPolicy(t, base)
+		feed(p, clk, time.Second, idles...)
+		q, qclk := newPolicy(t, scaled)
+		for i := range idles {
+			idles[i] /= 12
+		}
+		feed(q, qclk, time.Second/12, idles...)
+		w, ws := p.Windows(), q.Windows()
+		if w.Mode != ws.Mode || absDiff(w.PreWarm/12, ws.PreWarm) > time.Millisecond || absDiff(w.KeepAlive/12, ws.KeepAlive) > time.Millisecond {
+			t.Errorf("scaled windows %+v, want %+v / 12", ws, w)
+		}
+		if !reflect.DeepEqual(p.Snapshot().Counts, q.Snapshot().Counts) {
+			t.Errorf("counts %v, want %v", q.Snapshot().Counts, p.Snapshot().Counts)
+		}
+	}
+	for _, s := range []int{0, -1, 7, 120} {
+		if _, err := PaperConfig().TimeScaled(s); err == nil {
+			t.Errorf("time scale %d accepted", s)
+		}
+	}
+}

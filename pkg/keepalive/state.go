@@ -100,3 +100,24 @@ func (p *Policy) Restore(s State) error {
 	p.dirty = true
 	return nil
 }
+
+// TimeScaled is c for traffic replayed s times faster than real time (a
+// trace replay with --speed s): the histogram's bins and range, the
+// fallback windows and ColdStartCost shrink by s, so that the policy makes
+// on the compressed clock the decisions it makes on the trace's. MinHold
+// and MinIdle are wall-clock times (the cluster's stable window and grace,
+// its stat resolution) and stay. s must divide the bin width into whole
+// seconds, so that the state keeps its layout (for 1-minute bins: a divisor
+// of 60).
+func (c Config) TimeScaled(s int) (Config, error) {
+	if s < 1 || c.BinWidth%(time.Duration(s)*time.Second) != 0 {
+		return c, fmt.Errorf("keepalive: time scale %d: want an integer ≥ 1 dividing the bin width %v into whole seconds", s, c.BinWidth)
+	}
+	d := time.Duration(s)
+	c.BinWidth /= d
+	c.Range /= d
+	c.Fallback.PreWarm /= d
+	c.Fallback.KeepAlive /= d
+	c.ColdStartCost /= d
+	return c, c.Validate()
+}

@@ -96,6 +96,7 @@ var (
 type kaRev struct {
 	mode    asconfig.KeepAliveMode
 	minHold time.Duration
+	scale   int
 	pol     *keepalive.Policy
 	// last is when a stat last showed traffic; acc the requests counted
 	// but not yet whole.
@@ -125,7 +126,7 @@ type keepAlives struct {
 	writes                flowcontrol.PassiveRateLimiter
 	writeOK, writeErr     atomic.Uint64
 	lead                  func() time.Duration
-	newPolicy             func(asconfig.KeepAliveMode, time.Duration) (*keepalive.Policy, error)
+	newPolicy             func(asconfig.KeepAliveMode, time.Duration, int) (*keepalive.Policy, error)
 	persistEvery, quietIn time.Duration
 }
 
@@ -136,8 +137,12 @@ func newKeepAlives(r *Reconciler) (*keepAlives, error) {
 		writes:       flowcontrol.NewTokenBucketPassiveRateLimiterWithClock(keepAliveWriteQPS, keepAliveWriteBurst, r.d.Clock),
 		persistEvery: keepAlivePersistEvery, quietIn: keepAliveQuiet}
 	k.lead = k.measuredLead
-	k.newPolicy = func(m asconfig.KeepAliveMode, hold time.Duration) (*keepalive.Policy, error) {
-		return keepalive.New(PolicyConfig(m, hold), r.d.Clock)
+	k.newPolicy = func(m asconfig.KeepAliveMode, hold time.Duration, scale int) (*keepalive.Policy, error) {
+		c, err := PolicyConfig(m, hold).TimeScaled(scale)
+		if err != nil {
+			return nil, err
+		}
+		return keepalive.New(c, r.d.Clock)
 	}
 	if _, err := r.d.PodAutoscalers.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { k.syncObj(obj) },
@@ -195,6 +200,10 @@ func (k *keepAlives) sync(pa *autoscalingv1alpha1.PodAutoscaler) {
 	cfg := k.r.d.Config()
 	k.logConfig(cfg)
 	mode, err := cfg.KeepAliveFor(pa.Annotations)
+	scale, serr := asconfig.KeepAliveTimeScale(pa.Annotations)
+	if err == nil && serr != nil && mode != asconfig.KeepAliveOff {
+		mode, err = asconfig.KeepAliveOff, serr
+	}
 	if !isKPA(pa) || pa.DeletionTimestamp != nil {
 		mode, err = asconfig.KeepAliveOff, nil
 	}
@@ -206,7 +215,7 @@ func (k *keepAlives) sync(pa *autoscalingv1alpha1.PodAutoscaler) {
 	k.mu.Lock()
 	logBad := false
 	if err != nil {
-		v := pa.Annotations[asconfig.KeepAliveAnnotationKey]
+		v := err.Error()
 		logBad = k.bad[key] != v
 		k.bad[key] = v
 	} else {
@@ -217,16 +226,17 @@ func (k *keepAlives) sync(pa *autoscalingv1alpha1.PodAutoscaler) {
 	switch {
 	case mode == asconfig.KeepAliveOff:
 		delete(k.revs, key)
-	case rev != nil && rev.mode == mode && rev.minHold == hold:
+	case rev != nil && rev.mode == mode && rev.minHold == hold && rev.scale == scale:
 	default:
-		pol, perr := k.newPolicy(mode, hold)
+		pol, perr := k.newPolicy(mode, hold, scale)
 		if perr != nil { // the configurations are constants: unreachable
 			restoreErr = perr
 			break
 		}
-		next := &kaRev{mode: mode, minHold: hold, pol: pol}
+		next := &kaRev{mode: mode, minHold: hold, scale: scale, pol: pol}
 		if rev != nil {
-			// Same history under a new configuration.
+			// Same history under a new configuration (a new time scale
+			// has other bins: it starts afresh).
 			_ = pol.Restore(rev.pol.Snapshot())
 			next.last, next.acc, next.written, next.writtenState, next.prewarms = rev.last, rev.acc, rev.written, rev.writtenState, rev.prewarms
 		} else if s, ok := pa.Annotations[asconfig.KeepAliveStateAnnotationKey]; ok {
@@ -431,11 +441,15 @@ func (r *Reconciler) keepAliveAtZero(pa *autoscalingv1alpha1.PodAutoscaler) bool
 }
 
 // windowsAnnotation is the JSON of the windows annotation.
-func windowsAnnotation(s keepalive.Summary, m asconfig.KeepAliveMode) string {
+func windowsAnnotation(s keepalive.Summary, m asconfig.KeepAliveMode, scale int) string {
+	if scale == 1 {
+		scale = 0 // omitted
+	}
 	b, _ := json.Marshal(struct {
-		Policy asconfig.KeepAliveMode `json:"policy"`
+		Policy    asconfig.KeepAliveMode `json:"policy"`
+		TimeScale int                    `json:"timeScale,omitempty"`
 		keepalive.Summary
-	}{m, s})
+	}{m, scale, s})
 	return string(b)
 }
 
@@ -461,7 +475,7 @@ func (k *keepAlives) persist(ctx context.Context, pa *autoscalingv1alpha1.PodAut
 		return fmt.Errorf("keep-alive state: %w", err)
 	}
 	state, win := string(b), rev.pol.Windows()
-	winAnn := windowsAnnotation(rev.pol.Summary(), rev.mode)
+	winAnn := windowsAnnotation(rev.pol.Summary(), rev.mode, rev.scale)
 	moved := win != rev.writtenWin || !rev.winWritten
 	changed := state != rev.writtenState
 	if !changed && !moved {

@@ -452,6 +452,9 @@ func TestKeepAliveBadValues(t *testing.T) {
 		{name: "bad key, annotation on", cfg: map[string]string{asconfig.KeyThawKeepAlive: "1"},
 			opts:    []paOpt{withAnn(asconfig.KeepAliveAnnotationKey, "learned")},
 			wantLog: `thaw-keep-alive: invalid value \"1\"`, wantOn: true},
+		{name: "bad time scale", opts: []paOpt{withAnn(asconfig.KeepAliveAnnotationKey, "learned"),
+			withAnn(asconfig.KeepAliveTimeScaleAnnotationKey, "7")},
+			wantLog: `autoscaling.thaw.dev/keep-alive-time-scale: invalid value \"7\"`, wantEvt: true},
 		{name: "bad state", opts: []paOpt{withAnn(asconfig.KeepAliveAnnotationKey, "learned"),
 			withAnn(asconfig.KeepAliveStateAnnotationKey, `{"v":1,"binSeconds":60,"counts":[[999,1]]}`)},
 			wantLog: "state bin 999 beyond", wantOn: true},
@@ -650,5 +653,28 @@ func BenchmarkObserveStat(b *testing.B) {
 				r.ObserveStat(key, traffic)
 			}
 		})
+	}
+}
+
+// A trace replayed 12 times faster, with the time-scale annotation 12,
+// gets the trace's windows on the compressed clock: pre-warm at 45 s
+// instead of 9 min.
+func TestKeepAliveTimeScaled(t *testing.T) {
+	h, pa := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid },
+		withAnn(asconfig.KeepAliveTimeScaleAnnotationKey, "12"))
+	// Every 10m20s of trace time: 51.67 s here (feedIdle adds the quiet 2 s).
+	feedIdleUntil(h, t0, repeat((10*time.Minute+20*time.Second)/12-keepAliveQuiet, 20)...)
+	if w := h.r.keepAlive.revs[key].pol.Windows(); w.PreWarm != 45*time.Second || w.End() != 60500*time.Millisecond {
+		t.Fatalf("windows %+v, want pre-warm 45 s, end 60.5 s", w)
+	}
+	at, to := zeroAt(h, pa, time.Hour)
+	if at != 30*time.Second-time.Nanosecond || to != 0 {
+		t.Fatalf("scaled to %d at idle+%v, want 0 after the grace period", to, at)
+	}
+	h.scales.patches = nil
+	h.podInf.Core().V1().Pods().Informer().GetIndexer().Replace(nil, "")
+	h.clock.Step(time.Second)
+	if at, to = zeroAt(h, pa, time.Hour); at != 43*time.Second || to != 1 {
+		t.Errorf("pre-warm: scaled to %d at idle+%v, want 1 at +43s", to, at)
 	}
 }
