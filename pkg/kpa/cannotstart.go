@@ -103,10 +103,20 @@ func exitMessage(container string, t *corev1.ContainerStateTerminated) string {
 	if t.Reason != "" {
 		msg += " (" + t.Reason + ")"
 	}
-	if m := strings.TrimSpace(t.Message); m != "" {
+	if m := firstParagraph(t.Message); m != "" {
 		msg += ": " + m
 	}
 	return msg
+}
+
+// firstParagraph keeps a termination message (with FallbackToLogsOnError, as Knative sets it, the
+// log's tail) up to its first blank line, on one line: the error, not the stack trace after it.
+func firstParagraph(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.Index(s, "\n\n"); i >= 0 {
+		s = s[:i]
+	}
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ; ")), " ")
 }
 
 // clip bounds a message copied from a pod's status into the PA's (and then the Revision's) status and

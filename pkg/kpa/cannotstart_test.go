@@ -80,6 +80,7 @@ func TestCannotStart(t *testing.T) {
 		pods       []*corev1.Pod
 		wantReason string
 		wantMsg    string // substring
+		notMsg     string // must not be in the message
 	}{
 		{name: "no pods"},
 		{name: "creating", pods: []*corev1.Pod{stuckPod("a", waiting("user-container", "ContainerCreating", ""))}},
@@ -90,8 +91,10 @@ func TestCannotStart(t *testing.T) {
 		{name: "crash loop", pods: []*corev1.Pod{stuckPod("a", running("queue-proxy", false, 0, nil),
 			waiting("user-container", "CrashLoopBackOff", "back-off 10s restarting failed container"))},
 			wantReason: "CrashLoopBackOff", wantMsg: "back-off 10s"},
-		{name: "just crashed", pods: []*corev1.Pod{stuckPod("a", terminated("user-container", 2, "malformed GOMEMLIMIT"))},
-			wantReason: "CrashLoopBackOff", wantMsg: "exited with code 2 (Error): malformed GOMEMLIMIT"},
+		{name: "just crashed", pods: []*corev1.Pod{stuckPod("a", terminated("user-container", 2,
+			"GOMEMLIMIT=bogus\nfatal error: malformed GOMEMLIMIT\n\nruntime stack:\nruntime.throw(...)\n"))},
+			wantReason: "CrashLoopBackOff", wantMsg: "exited with code 2 (Error): GOMEMLIMIT=bogus ; fatal error: malformed GOMEMLIMIT",
+			notMsg: "runtime stack"},
 		{name: "restarted after a crash, not ready yet", pods: []*corev1.Pod{stuckPod("a", running("user-container", false, 1, exit(1)))},
 			wantReason: "CrashLoopBackOff", wantMsg: "exited with code 1"},
 		{name: "restarted after a crash, ready", pods: []*corev1.Pod{stuckPod("a", running("user-container", true, 1, exit(1)))}},
@@ -111,7 +114,7 @@ func TestCannotStart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, m := cannotStart(tc.pods)
-			if r != tc.wantReason || !strings.Contains(m, tc.wantMsg) {
+			if r != tc.wantReason || !strings.Contains(m, tc.wantMsg) || (tc.notMsg != "" && strings.Contains(m, tc.notMsg)) {
 				t.Fatalf("cannotStart = %q %q, want %q containing %q", r, m, tc.wantReason, tc.wantMsg)
 			}
 			if len(m) > maxCannotStartMessageSize+len("…") {
@@ -194,4 +197,3 @@ func TestActivatingReportsWhyPodsCannotStart(t *testing.T) {
 		t.Fatalf("patches %v, want the last to 0", h.scales.patches)
 	}
 }
-
