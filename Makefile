@@ -8,7 +8,7 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-unit test-fuzz test-pod test-e2e lint bench run tools deps clean
+.PHONY: all build test test-unit test-fuzz test-pod test-e2e test-e2e-domain lint bench run tools deps clean
 
 all: build
 
@@ -45,6 +45,10 @@ test-fuzz:
 test-e2e:
 	$(GO) test -tags e2e -count=1 -v -timeout 40m ./test/e2e/
 	$(GO) test -tags e2e -count=1 -v -timeout 10m -run TestSwapOnRealAPIServer ./pkg/swap/
+
+# Only the cluster-domain scenario, on a lab brought up with cluster domain thaw.test (root).
+test-e2e-domain:
+	THAW_E2E_CLUSTER_DOMAIN=thaw.test $(GO) test -tags e2e -count=1 -v -timeout 15m -run TestZZZClusterDomain ./test/e2e/
 
 # Every test tier that exists.
 # test-e2e goes first: its lab bring-up builds the tools (kubectl, etcd, kube-apiserver) that some unit

@@ -76,7 +76,9 @@ func run(m *testing.M) int {
 	}
 	s, err := stack.Open(ctx, stack.Options{Cache: cache, Repo: repo, Out: os.Stdout, Thaw: thaw,
 		// Fast scale to zero for the suite (6 s is the minimum upstream accepts).
-		Autoscaler: map[string]string{"scale-to-zero-grace-period": "6s"}})
+		Autoscaler: map[string]string{"scale-to-zero-grace-period": "6s"},
+		// The whole suite can run with another cluster domain (make test-e2e-domain runs one test so).
+		ClusterDomain: os.Getenv("THAW_E2E_CLUSTER_DOMAIN")})
 	if err != nil {
 		fmt.Println("e2e: tools:", err)
 		return 1
