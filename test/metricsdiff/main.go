@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -85,10 +86,17 @@ func scrape(ctx context.Context, kubeconfig, ns, dir string) error {
 		if err != nil {
 			return err
 		}
-		if len(pods.Items) == 0 {
-			return fmt.Errorf("no running %s pod in %s", c, ns)
+		pod := ""
+		for _, p := range pods.Items {
+			// Not one on its way out after a rollout: it is Running until it exits, but gets no traffic.
+			if p.DeletionTimestamp == nil && ready(&p) {
+				pod = p.Name
+				break
+			}
 		}
-		pod := pods.Items[0].Name
+		if pod == "" {
+			return fmt.Errorf("no ready %s pod in %s", c, ns)
+		}
 		b, err := kube.CoreV1().Pods(ns).ProxyGet("http", pod, "9090", "/metrics", nil).DoRaw(ctx)
 		if err != nil {
 			return fmt.Errorf("%s/%s:9090/metrics: %w", ns, pod, err)
@@ -98,6 +106,15 @@ func scrape(ctx context.Context, kubeconfig, ns, dir string) error {
 		}
 	}
 	return nil
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // family is what is compared of a metric family.
