@@ -99,7 +99,7 @@ func upWithDomain(t *testing.T, ctx context.Context) {
 		t.Fatal(err)
 	}
 	s, err := stack.Open(ctx, stack.Options{Cache: cache, Repo: lab.repo, Out: os.Stdout,
-		Thaw: filepath.Join(cache, "lab-e2e", "thaw"), ClusterDomain: clusterDomain, SkipBuild: true,
+		Thaw: filepath.Join(cache, "lab-e2e", "thaw"), ClusterDomain: clusterDomain,
 		Autoscaler: map[string]string{"scale-to-zero-grace-period": "6s"}})
 	if err != nil {
 		t.Fatal(err)
