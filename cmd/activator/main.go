@@ -105,6 +105,9 @@ func main() {
 }
 
 func run() error {
+	// Before any API call: client-go takes its metrics providers once, and the ConfigMap reads below
+	// are requests upstream counts too.
+	observability.KubernetesMetrics()
 	f, err := parseFlags(os.Args[1:], os.Getenv)
 	if err != nil {
 		return err

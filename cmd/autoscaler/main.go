@@ -27,6 +27,7 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/lifecycle"
+	"github.com/thaw-dev/thaw/pkg/observability"
 )
 
 type config struct {
@@ -39,6 +40,8 @@ type config struct {
 }
 
 func main() {
+	// Before any API call or workqueue: client-go takes its metrics providers once.
+	observability.KubernetesMetrics()
 	cfg := config{}
 	flag.StringVar(&cfg.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "Path to a kubeconfig; empty means in-cluster.")
 	flag.StringVar(&cfg.server, "server", "", "Address of the Kubernetes API server; overrides the kubeconfig.")
