@@ -259,8 +259,13 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 		// Not for a revision deleted meanwhile: the observation would bring its series back for good.
 		if info.Hold() {
 			scheme, host, port := serverLabels(r)
-			h.cfg.Metrics.duration.WithLabelValues(methodLabel(r.Method), strconv.Itoa(code), "http", protoVersion(r),
-				scheme, host, port, info.Service, info.Configuration, info.ID.Name, info.ID.Namespace).Observe(latency)
+			lv := []string{methodLabel(r.Method), strconv.Itoa(code), "http", protoVersion(r),
+				scheme, host, port, info.Service, info.Configuration, info.ID.Name, info.ID.Namespace}
+			h.cfg.Metrics.duration.WithLabelValues(lv...).Observe(latency)
+			// The request body's declared length (otelhttp counts what is read; the same but for
+			// chunked uploads, which count 0 here).
+			h.cfg.Metrics.reqSize.WithLabelValues(lv...).Observe(float64(max(r.ContentLength, 0)))
+			h.cfg.Metrics.respSize.WithLabelValues(lv...).Observe(float64(size))
 			info.Release()
 		}
 		if h.cfg.RequestLog.enabled() {

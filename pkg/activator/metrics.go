@@ -15,7 +15,17 @@ type Metrics struct {
 	queued   *prometheus.GaugeVec
 	active   *prometheus.GaugeVec
 	duration *prometheus.HistogramVec
+	// reqSize and respSize are otelhttp's body size histograms, labelled as duration.
+	reqSize, respSize *prometheus.HistogramVec
 }
+
+// serverLabelNames are the labels of the server duration and body size histograms.
+var serverLabelNames = []string{"http_request_method", "http_response_status_code", "network_protocol_name", "network_protocol_version",
+	"url_scheme", "server_address", "server_port",
+	"kn_service_name", "kn_configuration_name", "kn_revision_name", "k8s_namespace_name"}
+
+// sizeBuckets are the OTel SDK's default bounds, which otelhttp's body size histograms keep.
+var sizeBuckets = []float64{0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000}
 
 // NewMetrics registers the request metrics with reg (nil: unregistered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -34,12 +44,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Duration of HTTP server requests.",
 			// OTel's semantic-convention buckets for this instrument.
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10},
-		}, []string{"http_request_method", "http_response_status_code", "network_protocol_name", "network_protocol_version",
-			"url_scheme", "server_address", "server_port",
-			"kn_service_name", "kn_configuration_name", "kn_revision_name", "k8s_namespace_name"}),
+		}, serverLabelNames),
+		reqSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "http_server_request_body_size_bytes", Help: "Size of HTTP server request bodies.", Buckets: sizeBuckets,
+		}, serverLabelNames),
+		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "http_server_response_body_size_bytes", Help: "Size of HTTP server response bodies.", Buckets: sizeBuckets,
+		}, serverLabelNames),
 	}
 	if reg != nil {
-		reg.MustRegister(m.queued, m.active, m.duration)
+		reg.MustRegister(m.queued, m.active, m.duration, m.reqSize, m.respSize)
 	}
 	return m
 }
@@ -48,7 +62,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) DeleteRevision(rev types.NamespacedName) {
 	m.queued.DeleteLabelValues(rev.Namespace, rev.Name)
 	m.active.DeleteLabelValues(rev.Namespace, rev.Name)
-	m.duration.DeletePartialMatch(prometheus.Labels{"kn_revision_name": rev.Name, "k8s_namespace_name": rev.Namespace})
+	for _, h := range []*prometheus.HistogramVec{m.duration, m.reqSize, m.respSize} {
+		h.DeletePartialMatch(prometheus.Labels{"kn_revision_name": rev.Name, "k8s_namespace_name": rev.Namespace})
+	}
 }
 
 // methodLabel keeps the method label's cardinality bounded, as OTel does.

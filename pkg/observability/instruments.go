@@ -47,6 +47,8 @@ var instruments = map[string]Instrument{
 	"kn_activator_stats_conn_reachable":    {Name: "kn.activator.stats.conn.reachable", Unit: "{reachable}", Kind: KindGauge, Int: true, Scope: ScopeActivator},
 	"kn_activator_stats_conn_errors_total": {Name: "kn.activator.stats.conn.errors", Unit: "{error}", Kind: KindCounter, Int: true, Scope: ScopeActivator},
 	"http_server_request_duration_seconds": {Name: "http.server.request.duration", Unit: "s", Kind: KindHistogram, Scope: ScopeOtelHTTP},
+	"http_server_request_body_size_bytes":  {Name: "http.server.request.body.size", Unit: "By", Kind: KindHistogram, Int: true, Scope: ScopeOtelHTTP},
+	"http_server_response_body_size_bytes": {Name: "http.server.response.body.size", Unit: "By", Kind: KindHistogram, Int: true, Scope: ScopeOtelHTTP},
 
 	// Autoscaler (serving pkg/autoscaler/scaling, pkg/reconciler/autoscaling/kpa, pkg/autoscaler/metrics).
 	"kn_revision_pods_desired":              {Name: "kn.revision.pods.desired", Unit: "{item}", Kind: KindGauge, Int: true, Scope: ScopeAutoscaler},

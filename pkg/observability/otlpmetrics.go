@@ -264,24 +264,33 @@ func convert(f *dto.MetricFamily, in Instrument, start, now time.Time) (metricda
 			out.Data = g
 		}
 	case KindHistogram:
-		h := metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality}
-		for _, m := range ms {
-			ph := m.GetHistogram()
-			dp := metricdata.HistogramDataPoint[float64]{Attributes: attributes(m), StartTime: start, Time: now,
-				Count: ph.GetSampleCount(), Sum: ph.GetSampleSum()}
-			var prev uint64
-			for _, b := range ph.GetBucket() {
-				if math.IsInf(b.GetUpperBound(), 1) {
-					continue // the +Inf bucket is the overflow bucket below
-				}
-				dp.Bounds = append(dp.Bounds, b.GetUpperBound())
-				dp.BucketCounts = append(dp.BucketCounts, b.GetCumulativeCount()-prev)
-				prev = b.GetCumulativeCount()
-			}
-			dp.BucketCounts = append(dp.BucketCounts, ph.GetSampleCount()-prev)
-			h.DataPoints = append(h.DataPoints, dp)
+		if in.Int {
+			out.Data = histogram[int64](ms, start, now)
+		} else {
+			out.Data = histogram[float64](ms, start, now)
 		}
-		out.Data = h
 	}
 	return out, true
+}
+
+// histogram converts Prometheus histograms (cumulative buckets) to OTel's (per-bucket counts).
+func histogram[N int64 | float64](ms []*dto.Metric, start, now time.Time) metricdata.Histogram[N] {
+	h := metricdata.Histogram[N]{Temporality: metricdata.CumulativeTemporality}
+	for _, m := range ms {
+		ph := m.GetHistogram()
+		dp := metricdata.HistogramDataPoint[N]{Attributes: attributes(m), StartTime: start, Time: now,
+			Count: ph.GetSampleCount(), Sum: N(ph.GetSampleSum())}
+		var prev uint64
+		for _, b := range ph.GetBucket() {
+			if math.IsInf(b.GetUpperBound(), 1) {
+				continue // the +Inf bucket is the overflow bucket below
+			}
+			dp.Bounds = append(dp.Bounds, b.GetUpperBound())
+			dp.BucketCounts = append(dp.BucketCounts, b.GetCumulativeCount()-prev)
+			prev = b.GetCumulativeCount()
+		}
+		dp.BucketCounts = append(dp.BucketCounts, ph.GetSampleCount()-prev)
+		h.DataPoints = append(h.DataPoints, dp)
+	}
+	return h
 }

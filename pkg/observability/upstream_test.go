@@ -194,6 +194,11 @@ func TestInstrumentTableMatchesUpstreamExporter(t *testing.T) {
 			if c, err = m.Int64UpDownCounter(in.Name, unit); err == nil {
 				c.Add(ctx, 1)
 			}
+		case in.Kind == KindHistogram && in.Int:
+			var h metric.Int64Histogram
+			if h, err = m.Int64Histogram(in.Name, unit); err == nil {
+				h.Record(ctx, 1)
+			}
 		case in.Kind == KindHistogram:
 			var h metric.Float64Histogram
 			if h, err = m.Float64Histogram(in.Name, unit); err == nil {
