@@ -413,9 +413,13 @@ func (r *Reconciler) keepAliveInactive(pa *autoscalingv1alpha1.PodAutoscaler, ke
 			"mode", ahead.Mode.String(), "lead", lead)
 		return true, 1, true, true
 	}
-	if cur.Pod {
+	if cur.Pod || ahead.Pod {
 		// Keep the pod (as the retention period would) until the plan
 		// changes; a busy revision is looked at again once it may be idle.
+		// A pod wanted within a pod start is kept too: a pre-warmed pod
+		// can turn inactive before its window opens (a stable window
+		// shorter than the start), and dropping it would only start it
+		// again.
 		if !cur.Next.IsZero() {
 			r.EnqueueAfter(key, cur.Next.Sub(now))
 		} else {

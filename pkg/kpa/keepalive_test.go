@@ -678,3 +678,24 @@ func TestKeepAliveTimeScaled(t *testing.T) {
 		t.Errorf("pre-warm: scaled to %d at idle+%v, want 1 at +43s", to, at)
 	}
 }
+
+// A pre-warmed pod that turns inactive before the window opens (a stable
+// window shorter than a pod start) is kept, not dropped and started again,
+// even where upstream's grace period is over at once (the activator in the
+// path all along).
+func TestKeepAliveKeepsPreWarmedPodBeforeWindow(t *testing.T) {
+	h, pa := kaHarness(t, func(c *asconfig.Config) { c.KeepAlive = asconfig.KeepAliveHybrid })
+	h.r.keepAlive.lead = func() time.Duration { return 10 * time.Second }
+	if err := h.nf.Networking().V1alpha1().ServerlessServices().Informer().GetIndexer().Update(
+		makeSKS(pa, nv1alpha1.SKSOperationModeProxy, 2, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// The window opens 6 s after t0 (9 min after idle) and ends at
+	// t0+3m12s (12m06s after idle).
+	feedIdleUntil(h, t0.Add(-9*time.Minute+6*time.Second), repeat(10*time.Minute+20*time.Second, 20)...)
+	h.clock.SetTime(t0)
+	at, to := zeroAt(h, pa, time.Hour)
+	if want := 3*time.Minute + 12*time.Second; at != want || to != 0 {
+		t.Errorf("scaled to %d at t0+%v, want 0 at the window's end, t0+%v", to, at, want)
+	}
+}
