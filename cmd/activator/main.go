@@ -202,6 +202,10 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		popts.WrapTransport = tracing.WrapTransport
 		hcfg.TracerProvider, hcfg.Propagator = tracing.Provider, tracing.Propagator
 	}
+	// Requests to pods are measured as upstream's otelhttp transport measures them, nearest the wire.
+	clientMetrics := observability.NewHTTPClientMetrics(reg)
+	popts.WrapTransport = measured(clientMetrics, popts.WrapTransport)
+	hcfg.LabelProxied = true
 	flt := newFaults(e.FaultInjection, clk, reg, logger)
 	popts.WrapTransport = flt.podTransport(popts.WrapTransport)
 	px := proxy.New(transport, logger.Named("proxy"), popts)
@@ -219,6 +223,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	store.OnDelete(func(id types.NamespacedName) {
 		thr.DeleteRevision(id)
 		metrics.DeleteRevision(id)
+		clientMetrics.DeleteRevision(id.Namespace, id.Name)
 		coldStarts.Forget(id)
 	})
 	epm := endpoints.NewManager(kube, store, podReadyTap{thr, coldStarts, clk}, endpoints.Options{

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -40,5 +41,16 @@ func withMetricsExport(h func(*corev1.ConfigMap), exp *observability.MetricsExpo
 		if cfg, err := observability.NewConfigFromMap(cm.Data); err == nil {
 			applyMetricsExport(exp, cfg, logger)
 		}
+	}
+}
+
+// measured puts the client metrics under wrap (tracing): the duration is the round trip's own.
+func measured(m *observability.HTTPClientMetrics, wrap func(http.RoundTripper) http.RoundTripper) func(http.RoundTripper) http.RoundTripper {
+	return func(rt http.RoundTripper) http.RoundTripper {
+		rt = m.Wrap(rt)
+		if wrap != nil {
+			rt = wrap(rt)
+		}
+		return rt
 	}
 }

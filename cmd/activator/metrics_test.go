@@ -60,6 +60,7 @@ func TestActivatorFamiliesAreUpstreamInstruments(t *testing.T) {
 	coldstart.NewTracker(coldstart.TrackerOptions{Registerer: reg})
 	sink := statsink.New("ws://127.0.0.1:1", statsink.Options{Registerer: reg}, clock.RealClock{}, zaptest.NewLogger(t).Sugar())
 	concurrency.New("p", sink, clock.RealClock{}, reg)
+	observability.NewHTTPClientMetrics(reg)
 	if len(reg.names) < 6 {
 		t.Fatalf("only %v registered", reg.names)
 	}

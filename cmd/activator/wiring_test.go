@@ -161,7 +161,14 @@ func testWiring(t *testing.T, autoscalerUp bool) {
 	if !reachable.Match(b) {
 		t.Errorf("metrics lack %s", reachable)
 	}
-	for _, want := range []string{"http_server_request_duration_seconds_bucket", "kn_revision_request_active"} {
+	// The request to the pod, measured as upstream's otelhttp transport measures it.
+	toPod := regexp.MustCompile(`http_client_request_duration_seconds_count\{http_request_method="GET",http_response_status_code="200",` +
+		`k8s_namespace_name="ns",kn_configuration_name="cfg",kn_revision_name="rev",kn_service_name="svc",network_protocol_name="http",` +
+		`network_protocol_version="1.1",otel_scope_name="go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",[^}]*\} [1-9]`)
+	if !toPod.Match(b) {
+		t.Errorf("metrics lack %s", toPod)
+	}
+	for _, want := range []string{"http_server_request_duration_seconds_bucket", "kn_revision_request_active", "http_client_request_body_size_bytes_bucket"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/observability"
 	"github.com/thaw-dev/thaw/pkg/proxy"
 	"github.com/thaw-dev/thaw/pkg/revisions"
 	"github.com/thaw-dev/thaw/pkg/throttler"
@@ -114,6 +115,9 @@ type Config struct {
 	// ColdStarts, if set, times the requests that arrive while their
 	// revision has no routable pod, and answers coldstart.RequestHeader.
 	ColdStarts *coldstart.Tracker
+	// LabelProxied puts the revision's labels in each proxied request's context
+	// (observability.WithRevisionLabels), for the client metrics of the proxy's transport.
+	LabelProxied bool
 	// TracerProvider and Propagator enable tracing when non-nil.
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
@@ -350,6 +354,10 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 			proxyCtx, proxySpan := h.tracer.Start(r.Context(), "activator_proxy", trace.WithAttributes(attribute.String("dest", dest)))
 			defer proxySpan.End()
 			pr = r.WithContext(proxyCtx)
+		}
+		if h.cfg.LabelProxied {
+			pr = pr.WithContext(observability.WithRevisionLabels(pr.Context(), observability.RevisionLabels{
+				Service: info.Service, Configuration: info.Configuration, Revision: info.ID.Name, Namespace: info.ID.Namespace}))
 		}
 		target := proxy.Target{Dest: dest, H2C: info.H2C}
 		if h.cfg.PassthroughLB {

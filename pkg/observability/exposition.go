@@ -95,17 +95,58 @@ func (u *upstreamGatherer) Gather() ([]*dto.MetricFamily, error) {
 			continue
 		}
 		in, _ := Lookup(f.GetName())
+		sparse := sparseFamilies[f.GetName()]
 		for _, m := range f.GetMetric() {
+			if sparse {
+				m.Label = dropEmpty(m.Label)
+			}
+			// A series of a family that two scopes share names its own.
+			sc, named := seriesScope(m)
+			// A copy: the gathered labels may be the collector's own, and sorting or appending in
+			// place would change them.
+			m.Label = append(make([]*dto.LabelPair, 0, len(m.Label)+3), m.Label...)
+			if !named {
+				sc = in.Scope
+				m.Label = append(m.Label, &dto.LabelPair{Name: proto.String("otel_scope_name"), Value: proto.String(sc.Name)})
+			}
 			m.Label = append(m.Label,
-				&dto.LabelPair{Name: proto.String("otel_scope_name"), Value: proto.String(in.Scope.Name)},
 				&dto.LabelPair{Name: proto.String("otel_scope_schema_url"), Value: proto.String("")},
-				&dto.LabelPair{Name: proto.String("otel_scope_version"), Value: proto.String(in.Scope.Version)})
+				&dto.LabelPair{Name: proto.String("otel_scope_version"), Value: proto.String(sc.Version)})
 			sortLabels(m.Label)
 		}
 	}
 	fams = append(fams, u.targetInfo)
 	sort.Slice(fams, func(i, j int) bool { return fams[i].GetName() < fams[j].GetName() })
 	return fams, err
+}
+
+// sparseFamilies hold series with different label sets, as upstream's do (client-go's and otelhttp's
+// client requests): a client_golang family has one label set, so a series leaves the labels it does
+// not have empty, and they are dropped from the page and from OTLP.
+var sparseFamilies = map[string]bool{"http_client_request_duration_seconds": true, "http_client_request_body_size_bytes": true}
+
+// dropEmpty returns a new slice: a gathered series' labels may be its collector's own.
+func dropEmpty(ls []*dto.LabelPair) []*dto.LabelPair {
+	out := make([]*dto.LabelPair, 0, len(ls))
+	for _, l := range ls {
+		if l.GetValue() != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// seriesScope is the scope a series names in its otel_scope_name label, if it does.
+func seriesScope(m *dto.Metric) (Scope, bool) {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == "otel_scope_name" {
+			if sc, ok := scopes[l.GetValue()]; ok {
+				return sc, true
+			}
+			return Scope{Name: l.GetValue()}, true
+		}
+	}
+	return Scope{}, false
 }
 
 func sortLabels(l []*dto.LabelPair) {

@@ -75,8 +75,10 @@ var instruments = map[string]Instrument{
 	"kn_workqueue_unfinished_work_seconds":           {Name: "kn.workqueue.unfinished_work", Unit: "s", Kind: KindGauge, Scope: ScopeKube},
 	"kn_workqueue_longest_running_processor_seconds": {Name: "kn.workqueue.longest_running_processor", Unit: "s", Kind: KindGauge, Scope: ScopeKube},
 	"kn_workqueue_retries_total":                     {Name: "kn.workqueue.retries", Unit: "{item}", Kind: KindCounter, Int: true, Scope: ScopeKube},
-	"http_client_request_duration_seconds":           {Name: "http.client.request.duration", Unit: "s", Kind: KindHistogram, Scope: ScopeKube},
-	"kn_k8s_client_http_response_status_code_total":  {Name: "kn.k8s.client.http.response.status_code", Unit: "{item}", Kind: KindCounter, Int: true, Scope: ScopeKube},
+	// Both client-go's (ScopeKube) and otelhttp's (ScopeOtelHTTP): each series names its scope.
+	"http_client_request_duration_seconds":          {Name: "http.client.request.duration", Unit: "s", Kind: KindHistogram, Scope: ScopeKube},
+	"http_client_request_body_size_bytes":           {Name: "http.client.request.body.size", Unit: "By", Kind: KindHistogram, Int: true, Scope: ScopeOtelHTTP},
+	"kn_k8s_client_http_response_status_code_total": {Name: "kn.k8s.client.http.response.status_code", Unit: "{item}", Kind: KindCounter, Int: true, Scope: ScopeKube},
 
 	// Go runtime (go.opentelemetry.io/contrib/instrumentation/runtime).
 	"go_memory_used_bytes":            {Name: "go.memory.used", Unit: "By", Kind: KindUpDownCounter, Int: true, Scope: ScopeRuntime},
@@ -105,6 +107,17 @@ var attributeKeys = map[string]string{
 	"url_scheme":                "url.scheme",
 	"url_template":              "url.template",
 	"go_memory_type":            "go.memory.type",
+	"error_type":                "error.type",
+	"otel_metric_overflow":      "otel.metric.overflow",
+}
+
+// scopes are the known scopes by name, for series that name theirs (otel_scope_name).
+var scopes = map[string]Scope{}
+
+func init() {
+	for _, s := range []Scope{ScopeActivator, ScopeAutoscaler, ScopeKube, ScopeOtelHTTP, ScopeRuntime, ScopeThaw} {
+		scopes[s.Name] = s
+	}
 }
 
 // intAttributes are the attributes upstream records as integers.

@@ -72,9 +72,10 @@ func newKubeMetrics() *kubeMetrics {
 		longestRunning: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kn_workqueue_longest_running_processor_seconds"}, name),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kn_workqueue_retries_total",
 			Help: "Number of items re-added to the queue"}, name),
+		// One family for client-go's requests and for otelhttp's (the activator's to pods), as on
+		// upstream's page: each series names its scope, and a label it does not have is empty (absent).
 		clientDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "http_client_request_duration_seconds",
-			Help: "Duration of HTTP client requests.", Buckets: latencyBuckets},
-			[]string{"http_request_method", "server_address", "server_port", "url_scheme", "url_template"}),
+			Help: "Duration of HTTP client requests.", Buckets: latencyBuckets}, clientLabelNames),
 		clientResults: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kn_k8s_client_http_response_status_code_total",
 			Help: "Count of response codes partitioned by method and host"},
 			[]string{"http_request_method", "http_response_status_code", "server_address"}),
@@ -123,8 +124,10 @@ func (k *kubeMetrics) Observe(_ context.Context, verb string, u url.URL, latency
 			port = p
 		}
 	}
-	k.clientDuration.WithLabelValues(strings.ToUpper(verb), u.Hostname(), port, u.Scheme, k.template(u.Path)).
-		Observe(latency.Seconds())
+	var lv clientLabels
+	lv[clMethod], lv[clServerAddress], lv[clServerPort], lv[clScheme], lv[clTemplate] = strings.ToUpper(verb), u.Hostname(), port, u.Scheme, k.template(u.Path)
+	lv[clScope] = ScopeKube.Name
+	k.clientDuration.WithLabelValues(lv[:]...).Observe(latency.Seconds())
 }
 
 func (k *kubeMetrics) template(path string) string {

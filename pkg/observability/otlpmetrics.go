@@ -171,19 +171,54 @@ func (p *gatherProducer) Produce(context.Context) ([]metricdata.ScopeMetrics, er
 		if !known && !strings.HasPrefix(f.GetName(), "thaw_") {
 			continue
 		}
-		m, ok := convert(f, in, p.start, now)
-		if !ok {
-			continue
+		if sparseFamilies[f.GetName()] {
+			for _, m := range f.GetMetric() {
+				m.Label = dropEmpty(m.Label)
+			}
 		}
-		i, seen := index[in.Scope]
-		if !seen {
-			i = len(out)
-			index[in.Scope] = i
-			out = append(out, metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: in.Scope.Name, Version: in.Scope.Version}})
+		for _, part := range byScope(f, in.Scope) {
+			fin := in
+			fin.Scope = part.scope
+			m, ok := convert(part.family, fin, p.start, now)
+			if !ok {
+				continue
+			}
+			i, seen := index[part.scope]
+			if !seen {
+				i = len(out)
+				index[part.scope] = i
+				out = append(out, metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: part.scope.Name, Version: part.scope.Version}})
+			}
+			out[i].Metrics = append(out[i].Metrics, m)
 		}
-		out[i].Metrics = append(out[i].Metrics, m)
 	}
 	return out, nil
+}
+
+type scopedFamily struct {
+	scope  Scope
+	family *dto.MetricFamily
+}
+
+// byScope splits a family whose series name their scopes (otel_scope_name) into one family per scope;
+// a family whose series do not is def's alone.
+func byScope(f *dto.MetricFamily, def Scope) []scopedFamily {
+	var parts []scopedFamily
+	at := map[Scope]int{}
+	for _, m := range f.GetMetric() {
+		sc, named := seriesScope(m)
+		if !named {
+			sc = def
+		}
+		i, ok := at[sc]
+		if !ok {
+			i = len(parts)
+			at[sc] = i
+			parts = append(parts, scopedFamily{scope: sc, family: &dto.MetricFamily{Name: f.Name, Help: f.Help, Type: f.Type}})
+		}
+		parts[i].family.Metric = append(parts[i].family.Metric, m)
+	}
+	return parts
 }
 
 // attributes turns a series' labels into upstream's attributes: keys as upstream spells them, status
@@ -191,7 +226,14 @@ func (p *gatherProducer) Produce(context.Context) ([]metricdata.ScopeMetrics, er
 func attributes(m *dto.Metric) attribute.Set {
 	kvs := make([]attribute.KeyValue, 0, len(m.GetLabel()))
 	for _, l := range m.GetLabel() {
+		if l.GetName() == "otel_scope_name" {
+			continue // the scope, not an attribute
+		}
 		k := attributeKey(l.GetName())
+		if k == "otel.metric.overflow" {
+			kvs = append(kvs, attribute.Bool(k, l.GetValue() == "true"))
+			continue
+		}
 		if intAttributes[k] {
 			if n, err := strconv.ParseInt(l.GetValue(), 10, 64); err == nil {
 				kvs = append(kvs, attribute.Int64(k, n))

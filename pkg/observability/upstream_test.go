@@ -38,6 +38,12 @@ func upstreamPipeline(t *testing.T) (*prometheus.Registry, *sdkmetric.MeterProvi
 // shape is a family as compared: type, and each series' labels (le excluded) with its count or value.
 func shape(t *testing.T, g prometheus.Gatherer, keep func(string) bool) map[string]string {
 	t.Helper()
+	return shapeSeries(t, g, keep, nil)
+}
+
+// shapeSeries is shape of the series whose labels ("name=value") keepSeries keeps.
+func shapeSeries(t *testing.T, g prometheus.Gatherer, keep func(string) bool, keepSeries func([]string) bool) map[string]string {
+	t.Helper()
 	fams, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -61,6 +67,9 @@ func shape(t *testing.T, g prometheus.Gatherer, keep func(string) bool) map[stri
 				v = ftoa(m.GetCounter().GetValue())
 			case dto.MetricType_GAUGE:
 				v = ftoa(m.GetGauge().GetValue())
+			}
+			if keepSeries != nil && !keepSeries(ls) {
+				continue
 			}
 			series = append(series, "{"+strings.Join(ls, ",")+"} "+v)
 		}
