@@ -81,14 +81,17 @@ const (
 // bodyLimit bounds how much of a failed answer is kept: enough for an error line.
 const bodyLimit = 200
 
-// Hop names the hop that answered a failed request, from what the answer says: a transport error is
-// the client's connection to the ingress; the activator and the queue-proxy answer a proxy error with
+// Hop names the hop that answered a failed request, from what the answer says: a refused or reset
+// connection is the client's to the ingress, a timeout could be anywhere; the activator and the queue-proxy answer a proxy error with
 // the dial error as body (the activator dials a pod's :8012, the queue-proxy the app on
 // 127.0.0.1:8080), and the activator's own refusals name the revision or the activator or carry
 // Retry-After; the lab's ingress answers its own proxy errors with an empty body or "no route"/"no
 // backend".
 func Hop(status int, err error, body string, h http.Header) string {
 	switch {
+	case err != nil && Classify(0, err) == Timeout:
+		// Nobody answered in time: the request may be waiting at any hop.
+		return HopUnknown
 	case err != nil:
 		return HopIngress
 	case status >= 200 && status < 400:

@@ -93,6 +93,7 @@ func TestHop(t *testing.T) {
 	}{
 		{"success", 200, nil, "hello", nil, ""},
 		{"transport error at the ingress", 0, syscall.ECONNREFUSED, "", nil, HopIngress},
+		{"no answer in time", 0, &url.Error{Op: "Get", Err: context.DeadlineExceeded}, "", nil, HopUnknown},
 		{"activator dialled a pod", 502, nil, "dial tcp 10.88.0.23:8012: connect: connection refused\n", nil, HopActivator},
 		{"queue-proxy dialled the app", 502, nil, "dial tcp 127.0.0.1:8080: connect: connection refused", nil, HopQueueProxy},
 		{"activator cannot start the revision", 503, nil, "revision chaos/never-00001 cannot start: ...", retry, HopActivator},
