@@ -156,7 +156,7 @@ type labFlags struct {
 	kubeconfig, namespace, image, ingress, cpu string
 	speed                                      float64
 	functions, maxInvocations, maxInflight     int
-	compare, keep, dryRun                      bool
+	compare, keep, dryRun, fastPath            bool
 	timeout, zeroTimeout                       time.Duration
 	thawAct, thawAS, upAct, upAS               string
 }
@@ -173,6 +173,7 @@ func (l *labFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxInflight, "max-inflight", 2000, "bound on requests in flight")
 	fs.BoolVar(&l.compare, "compare", false, "run with upstream's activator and autoscaler, then with Thaw's")
 	fs.BoolVar(&l.keep, "keep", false, "keep the namespaces and their services")
+	fs.BoolVar(&l.fastPath, "sim-fast-path", true, "the simulation of the cluster's run scales to zero without the grace once inactive, as upstream's KPA does with the activator in the path")
 	fs.BoolVar(&l.dryRun, "dry-run", false, "print the plan and the simulation of the cluster's run, touch no cluster")
 	fs.DurationVar(&l.timeout, "timeout", 2*time.Minute, "bound of one request")
 	fs.DurationVar(&l.zeroTimeout, "zero-timeout", 5*time.Minute, "bound of the wait for the services to reach zero before the replay")
@@ -215,7 +216,7 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 	fmt.Printf("replay: %d functions of %s (%d requests, %d left out over --max-invocations), window %v-%v at speed %g: %v on the wall clock per side\n",
 		len(plan.Functions), plan.Source, len(plan.Arrivals), plan.Skipped, lr.window.From, lr.window.To, lf.speed, plan.Horizon)
 	if lf.dryRun {
-		return predictLab(plan, lps, lr.cold)
+		return predictLab(plan, lps, lr.cold, lf.fastPath)
 	}
 	tgt, err := openTarget(ctx, lf.kubeconfig)
 	if err != nil {
@@ -264,7 +265,7 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 		return runErr
 	}
 	labRows := res.Rows(plan)
-	cmp, simRows, err := replay.Compare(plan, res.Sides, lps, res.Outcomes, labRows, lr.cold, lr.cold)
+	cmp, simRows, err := replay.Compare(plan, res.Sides, lps, res.Outcomes, labRows, lr.cold, lr.cold, lf.fastPath)
 	if err != nil {
 		return errors.Join(runErr, err)
 	}
@@ -316,12 +317,12 @@ func writeFile(path string, f func(io.Writer) error) error {
 }
 
 // predictLab prints what the simulation expects of the cluster's run.
-func predictLab(plan *replay.Plan, lps []replay.LabPolicy, cold time.Duration) error {
+func predictLab(plan *replay.Plan, lps []replay.LabPolicy, cold time.Duration, fastPath bool) error {
 	var rows []report.Row
 	var names []string
 	for _, lp := range lps {
 		fmt.Printf("replay: policy %s\n", lp)
-		wall, err := replay.SimulatePlan(plan, "sim/"+lp.Name, lp.Wall(), sim.Model{ColdStart: cold, Config: lp.Config()}, true)
+		wall, err := replay.SimulatePlan(plan, "sim/"+lp.Name, lp.Wall(), sim.Model{ColdStart: cold, Config: lp.Config(), ProxyFastPath: fastPath}, true)
 		if err != nil {
 			return err
 		}

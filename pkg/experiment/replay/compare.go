@@ -107,7 +107,12 @@ func sum(rows []report.Row) (requests, coldRequests, coldStarts int) {
 // time of the simulations when the cluster measured none, traceCold the
 // trace-time simulation's. It returns the comparisons and the simulations'
 // rows ("sim:<side>/<policy>" on the wall clock, "trace/<policy>").
-func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []report.Row, cold, traceCold time.Duration) ([]Comparison, []report.Row, error) {
+//
+// fastPath sets sim.Model.ProxyFastPath for the simulations of the
+// cluster's run: its ksvcs (containerConcurrency 0, default target burst
+// capacity) keep the activator in the path, so upstream's KPA scales them
+// to zero without waiting for the grace period.
+func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []report.Row, cold, traceCold time.Duration, fastPath bool) ([]Comparison, []report.Row, error) {
 	var cmp []Comparison
 	var simRows []report.Row
 	traced := map[string][]report.Row{}
@@ -142,7 +147,7 @@ func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []re
 					c.Failed++
 				}
 			}
-			rows, err := SimulatePlan(p, "sim:"+k.label(), lp.Wall(), sim.Model{ColdStart: cs, Config: lp.Config()}, true)
+			rows, err := SimulatePlan(p, "sim:"+k.label(), lp.Wall(), sim.Model{ColdStart: cs, Config: lp.Config(), ProxyFastPath: fastPath}, true)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -430,7 +430,7 @@ func TestCompare(t *testing.T) {
 	}
 	// One failed request of thaw/fixed-10m.
 	outs := []Outcome{{Side: "thaw", Policy: "fixed-10m", Status: 503}}
-	cmp, simRows, err := Compare(p, []string{"upstream", "thaw"}, lps, outs, lab, cold, time.Second)
+	cmp, simRows, err := Compare(p, []string{"upstream", "thaw"}, lps, outs, lab, cold, time.Second, false)
 	if err != nil {
 		t.Fatal(err)
 	}

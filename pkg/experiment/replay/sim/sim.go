@@ -73,6 +73,14 @@ type Model struct {
 	ColdStart time.Duration
 	// Config is config-autoscaler (nil: defaults).
 	Config *asconfig.Config
+	// ProxyFastPath models upstream's fast path to zero: when the
+	// activator has been in the path for longer than the grace period
+	// (containerConcurrency 0 with the default target burst capacity keeps
+	// it there while a revision has fewer than three pods), the last pod
+	// goes as soon as the revision is inactive and the retention has
+	// passed, without waiting for the grace. Off, the grace is taken in
+	// full (the simulation's conservative default).
+	ProxyFastPath bool
 }
 
 // Result is one function under one policy.
@@ -356,13 +364,17 @@ func (r *run) scaleToZero() int {
 		return r.pods()
 	}
 	inactive := r.now - r.inactiveSince
+	grace := r.pol.Grace
+	if r.m.ProxyFastPath {
+		grace = 0
+	}
 	if r.ka != nil {
-		if inactive >= r.pol.Grace && !r.ka.Plan().Pod {
+		if inactive >= grace && !r.ka.Plan().Pod {
 			return 0
 		}
 		return r.pods()
 	}
-	if inactive >= max(r.pol.Grace, r.pol.Retention) {
+	if inactive >= max(grace, r.pol.Retention) {
 		return 0
 	}
 	return r.pods()

@@ -132,3 +132,27 @@ func TestBusyFunctionScalesOut(t *testing.T) {
 		t.Errorf("%.1f pods on average, want about 3", avg)
 	}
 }
+
+func TestProxyFastPath(t *testing.T) {
+	// With the activator in the path for longer than the grace, upstream's
+	// KPA drops the last pod once the revision is inactive: no grace, but
+	// the retention still holds.
+	w := periodic(10*time.Second, 0, 500*time.Millisecond, 1, time.Hour)
+	fast := Model{ColdStart: time.Second, ProxyFastPath: true}
+	tests := []struct {
+		pol    Policy
+		podFor time.Duration
+	}{
+		{Upstream(), 60 * time.Second},
+		{Fixed(time.Minute), 120 * time.Second},
+	}
+	for _, tc := range tests {
+		res, err := Run(w, tc.pol, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(res.PodSeconds-tc.podFor.Seconds()) > 2*TickInterval.Seconds() {
+			t.Errorf("%s: pod lived %.1f s, want about %v", tc.pol.Name, res.PodSeconds, tc.podFor)
+		}
+	}
+}
