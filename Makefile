@@ -7,6 +7,9 @@ GO ?= go
 BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
+# go test behind gotestsum: the same tests and exit code, plus a closing summary that lists every
+# skipped test with its reason, so a tier that skipped instead of running shows in the log.
+GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0
 
 .PHONY: all build test test-unit test-fuzz test-pod test-e2e test-e2e-domain lint bench run tools deps clean
 
@@ -22,11 +25,11 @@ lint:
 
 # Unit and differential tests: no root, no cluster. Pod-level tests skip here.
 test-unit:
-	THAW_QUEUE_PROXY= $(GO) test -race -count=1 $(PKGS)
+	THAW_QUEUE_PROXY= $(GOTESTSUM) --format pkgname-and-test-fails -- -race -count=1 $(PKGS)
 
 # Unit, differential and pod-level tests: real upstream queue-proxy pods in network namespaces (root).
 test-pod: $(QUEUE_PROXY)
-	THAW_QUEUE_PROXY=$(QUEUE_PROXY) $(GO) test -race -count=1 $(PKGS)
+	THAW_QUEUE_PROXY=$(QUEUE_PROXY) $(GOTESTSUM) --format pkgname-and-test-fails -- -race -count=1 $(PKGS)
 
 # Each fuzz target for a short fixed time (go test -fuzz takes one target at a time). A run that ends
 # with the engine's own "context deadline exceeded" and no failing input is the engine, not a finding: once more.
@@ -43,7 +46,7 @@ test-fuzz:
 
 # The lab suite: brings the lab cluster up once (building what is missing), runs, tears down (root).
 test-e2e:
-	$(GO) test -tags e2e -count=1 -v -timeout 40m ./test/e2e/
+	$(GOTESTSUM) --format standard-verbose -- -tags e2e -count=1 -timeout 40m ./test/e2e/
 	$(GO) test -tags e2e -count=1 -v -timeout 10m -run TestSwapOnRealAPIServer ./pkg/swap/
 
 # Only the cluster-domain scenario, on a lab brought up with cluster domain thaw.test (root).
