@@ -48,9 +48,9 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Registerer receives the connection metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
-	// OnPokeSent, if set, is called for each poke once the frame carrying
-	// it was written to the socket (cold-start timing). It runs on the
-	// sender goroutine and must not block.
+	// OnPokeSent, if set, is called for each poke as the frame carrying it
+	// is written to the socket, just before the write (cold-start timing).
+	// It runs on the sender goroutine and must not block.
 	OnPokeSent func(rev types.NamespacedName, at time.Time)
 }
 
@@ -344,15 +344,19 @@ func (s *Sink) sendPokes(conn *websocket.Conn) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := s.write(conn, msgs); err != nil {
-		s.requeuePokes(msgs)
-		return err
-	}
+	// Reported as the frame goes out, not after: on loopback the autoscaler can act on the poke, and
+	// the pod answer, before this goroutine runs again, and a cold start that ended before its poke
+	// was reported would lack that phase. A failed write re-sends the pokes; the cold start keeps
+	// this first attempt's time.
 	if s.opts.OnPokeSent != nil {
 		at := s.clk.Now()
 		for _, m := range msgs {
 			s.opts.OnPokeSent(m.Key, at)
 		}
+	}
+	if err := s.write(conn, msgs); err != nil {
+		s.requeuePokes(msgs)
+		return err
 	}
 	return nil
 }
