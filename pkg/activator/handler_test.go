@@ -441,3 +441,23 @@ func countSeries(t *testing.T, reg *prometheus.Registry) int {
 	}
 	return n
 }
+
+// TestServerLabelsValidUTF8: the Host is the client's, and a label value that is not UTF-8 makes
+// client_golang panic (found by FuzzHandler).
+func TestServerLabelsValidUTF8(t *testing.T) {
+	tests := []struct{ host, wantHost, wantPort string }{
+		{host: "rev.ns.example.com", wantHost: "rev.ns.example.com"},
+		{host: "rev.ns.example.com:8080", wantHost: "rev.ns.example.com", wantPort: "8080"},
+		{host: "\xc1", wantHost: "\uFFFD"},
+		{host: "a\xc1b:80", wantHost: "a\uFFFDb"},
+		{host: "a:\xc1", wantHost: "a", wantPort: "\uFFFD"},
+	}
+	for _, tc := range tests {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Host = tc.host
+		_, host, port := serverLabels(r)
+		if host != tc.wantHost || port != tc.wantPort {
+			t.Errorf("serverLabels(Host %q) = %q, %q, want %q, %q", tc.host, host, port, tc.wantHost, tc.wantPort)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
@@ -84,9 +85,11 @@ func serverLabels(r *http.Request) (scheme, host, port string) {
 	if r.TLS != nil {
 		scheme, def = "https", "443"
 	}
-	host, port, err := net.SplitHostPort(r.Host)
+	// The Host is the client's: a label value must be UTF-8, or client_golang panics.
+	h := strings.ToValidUTF8(r.Host, "\uFFFD")
+	host, port, err := net.SplitHostPort(h)
 	if err != nil {
-		return scheme, r.Host, ""
+		return scheme, h, ""
 	}
 	if port == def {
 		port = ""
