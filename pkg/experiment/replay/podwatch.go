@@ -13,6 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
+
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
 // revisionLabel is the label Knative puts on a revision's pods.
@@ -85,15 +87,6 @@ func (w *podWatch) onDeployment(o any) {
 	w.replicas[d.Name] = n
 }
 
-func isReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 func (w *podWatch) onPod(o any, deleted bool) {
 	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o = t.Obj
@@ -105,7 +98,7 @@ func (w *podWatch) onPod(o any, deleted bool) {
 	rev := p.Labels[revisionLabel]
 	now := w.clk.Now()
 	// A terminating pod takes no new requests: it no longer counts.
-	up := !deleted && p.DeletionTimestamp == nil && isReady(p)
+	up := !deleted && p.DeletionTimestamp == nil && kube.PodReady(p)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	set := w.ready[rev]

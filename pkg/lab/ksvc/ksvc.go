@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -133,10 +132,8 @@ func PodCounts(ctx context.Context, c *kube.Client, ns, service string) (total, 
 		if p.DeletionTimestamp != nil {
 			continue
 		}
-		for _, cond := range p.Status.Conditions {
-			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-				ready++
-			}
+		if kube.PodReady(&p) {
+			ready++
 		}
 	}
 	return total, ready, nil

@@ -281,3 +281,13 @@ func (c *Client) WaitNodeReady(ctx context.Context, node string) error {
 	}
 	return nil
 }
+
+// PodReady reports whether p's Ready condition is True.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -14,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
 // SystemNamespace is Knative Serving's: the only namespace whose pods the faults touch.
@@ -84,7 +86,7 @@ func (p Pods) Ready(ctx context.Context) ([]corev1.Pod, error) {
 	}
 	var out []corev1.Pod
 	for _, pod := range list.Items {
-		if pod.DeletionTimestamp == nil && ready(&pod) && containerID(&pod, p.Component) != "" {
+		if pod.DeletionTimestamp == nil && kube.PodReady(&pod) && containerID(&pod, p.Component) != "" {
 			out = append(out, pod)
 		}
 	}
@@ -101,15 +103,6 @@ func (p Pods) Random(ctx context.Context) (*corev1.Pod, error) {
 		return nil, err
 	}
 	return &pods[p.Rand.IntN(len(pods))], nil
-}
-
-func ready(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // containerID is the containerd ID of the pod's container name ("" when it has none running).

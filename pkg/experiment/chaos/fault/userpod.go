@@ -8,6 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
+
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
 // UserContainer is the name Knative gives the app's container.
@@ -41,7 +43,7 @@ func (u UserPodKill) Inject(ctx context.Context) (string, Undo, error) {
 		if pod != nil {
 			age := c.Since(pod.CreationTimestamp.Time).Round(time.Second)
 			target, err := u.Killer.Kill(ctx, pod.Name)
-			return fmt.Sprintf("%s, %s old, ready %v", target, age, ready(pod)), nil, err
+			return fmt.Sprintf("%s, %s old, ready %v", target, age, kube.PodReady(pod)), nil, err
 		}
 		if !c.Now().Before(deadline) {
 			return "", nil, fmt.Errorf("no pod scaled up in %s", u.Wait)

@@ -17,6 +17,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
+
+	"github.com/thaw-dev/thaw/pkg/lab/kube"
 )
 
 // RevisionLabel is the label Knative puts on a revision's pods.
@@ -90,15 +92,6 @@ func (w *Watcher) onDeployment(oldObj, newObj any) {
 	w.mu.Unlock()
 }
 
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 func (w *Watcher) onPod(obj any, deleted bool) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
@@ -118,7 +111,7 @@ func (w *Watcher) onPod(obj any, deleted bool) {
 	if p.Status.PodIP != "" {
 		pi.IP = p.Status.PodIP
 	}
-	if pi.Ready.IsZero() && podReady(p) {
+	if pi.Ready.IsZero() && kube.PodReady(p) {
 		pi.Ready = now
 	}
 	if deleted {
