@@ -15,7 +15,6 @@ import (
 	"github.com/thaw-dev/thaw/pkg/experiment/chaos/runner"
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/images"
-	"github.com/thaw-dev/thaw/pkg/lab/stack"
 	"github.com/thaw-dev/thaw/pkg/lab/swap"
 	"github.com/thaw-dev/thaw/test/upstream"
 )
@@ -122,13 +121,9 @@ func chaosRun(ctx context.Context, args []string) error {
 		return fmt.Errorf("reading the activator and autoscaler images: %w", err)
 	}
 	if *compare {
-		thaw, up := swap.Images{"activator": *thawAct, "autoscaler": *thawAS}, swap.Images{"activator": *upAct, "autoscaler": *upAS}
-		if isLab {
-			fill(thaw, stack.ThawImages())
-			fill(up, stack.UpstreamImages())
-		}
-		if thaw.Validate() != nil || up.Validate() != nil {
-			return errors.New("--compare outside the lab needs the four --*-image flags")
+		up, thaw, err := tgt.compareImages(*thawAct, *thawAS, *upAct, *upAS)
+		if err != nil {
+			return err
 		}
 		o.Sides = []runner.Side{{Name: "upstream", Images: up}, {Name: "thaw", Images: thaw}}
 		o.Restore = cur

@@ -95,14 +95,9 @@ func coldstart(ctx context.Context, args []string) error {
 		return fmt.Errorf("reading the activator and autoscaler images: %w", err)
 	}
 	if *compare {
-		thaw, up := swap.Images{"activator": *thawAct, "autoscaler": *thawAS}, swap.Images{"activator": *upAct, "autoscaler": *upAS}
-		if isLab {
-			fill(thaw, stack.ThawImages())
-			fill(up, stack.UpstreamImages())
-		}
-		if thaw.Validate() != nil || up.Validate() != nil {
-			return errors.New("--compare outside the lab needs --thaw-activator-image, --thaw-autoscaler-image, " +
-				"--upstream-activator-image and --upstream-autoscaler-image")
+		up, thaw, err := tgt.compareImages(*thawAct, *thawAS, *upAct, *upAS)
+		if err != nil {
+			return err
 		}
 		o.Sides = []runner.Side{{Name: "upstream", Images: up}, {Name: "thaw", Images: thaw}}
 		o.Restore = cur

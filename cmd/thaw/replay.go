@@ -20,7 +20,6 @@ import (
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/images"
-	"github.com/thaw-dev/thaw/pkg/lab/stack"
 	"github.com/thaw-dev/thaw/pkg/lab/swap"
 )
 
@@ -243,14 +242,9 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 		return fmt.Errorf("reading the activator and autoscaler images: %w", err)
 	}
 	if lf.compare {
-		thaw, up := swap.Images{"activator": lf.thawAct, "autoscaler": lf.thawAS}, swap.Images{"activator": lf.upAct, "autoscaler": lf.upAS}
-		if isLab {
-			fill(thaw, stack.ThawImages())
-			fill(up, stack.UpstreamImages())
-		}
-		if thaw.Validate() != nil || up.Validate() != nil {
-			return errors.New("--compare outside the lab needs --thaw-activator-image, --thaw-autoscaler-image, " +
-				"--upstream-activator-image and --upstream-autoscaler-image")
+		up, thaw, err := tgt.compareImages(lf.thawAct, lf.thawAS, lf.upAct, lf.upAS)
+		if err != nil {
+			return err
 		}
 		o.Sides = []runner.Side{{Name: "upstream", Images: up}, {Name: "thaw", Images: thaw}}
 		o.Restore = cur

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
+	"github.com/thaw-dev/thaw/pkg/lab/swap"
 )
 
 // target is the cluster an experiment runs against, and whether it is the lab.
@@ -48,4 +50,19 @@ func openTarget(ctx context.Context, kubeconfig string) (target, error) {
 		return target{}, fmt.Errorf("cluster %s (kubeconfig %s) unreachable: %v", cl.Config.Host, path, err)
 	}
 	return target{cache: cache, lab: lab, cl: cl, isLab: cl.Config.Host == lab.Lab.Cfg.APIServerURL()}, nil
+}
+
+// compareImages resolves --compare's two sides from the four image flags (thaw activator and
+// autoscaler, then upstream's); on the lab, an empty flag takes the lab's image.
+func (t target) compareImages(thawAct, thawAS, upAct, upAS string) (up, thaw swap.Images, err error) {
+	thaw, up = swap.Images{"activator": thawAct, "autoscaler": thawAS}, swap.Images{"activator": upAct, "autoscaler": upAS}
+	if t.isLab {
+		fill(thaw, stack.ThawImages())
+		fill(up, stack.UpstreamImages())
+	}
+	if thaw.Validate() != nil || up.Validate() != nil {
+		return nil, nil, errors.New("--compare outside the lab needs --thaw-activator-image, --thaw-autoscaler-image, " +
+			"--upstream-activator-image and --upstream-autoscaler-image")
+	}
+	return up, thaw, nil
 }
