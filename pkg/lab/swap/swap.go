@@ -67,6 +67,16 @@ func Current(ctx context.Context, kc kubernetes.Interface) (Images, error) {
 	return out, nil
 }
 
+// Restore puts want back with apply, unless the Deployments already run it (an experiment that
+// swapped sides restores what it found, and does nothing when that is still in place).
+func Restore(ctx context.Context, kc kubernetes.Interface, want Images, apply func(context.Context, Images) error) error {
+	cur, err := Current(ctx, kc)
+	if err == nil && cur["activator"] == want["activator"] && cur["autoscaler"] == want["autoscaler"] {
+		return nil
+	}
+	return apply(ctx, want)
+}
+
 // Apply sets the images and waits (up to timeout) until both Deployments have rolled out.
 func Apply(ctx context.Context, kc kubernetes.Interface, want Images, timeout time.Duration) error {
 	if err := want.Validate(); err != nil {

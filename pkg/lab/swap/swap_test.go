@@ -90,3 +90,30 @@ func TestPatchShape(t *testing.T) {
 		t.Fatalf("patch = %v", m)
 	}
 }
+
+// TestRestore: what an experiment found is put back, and nothing is applied when it is still in place.
+func TestRestore(t *testing.T) {
+	want := Images{"activator": "a:1", "autoscaler": "s:1"}
+	tests := []struct {
+		name      string
+		act, as   string
+		wantApply bool
+	}{
+		{name: "still in place", act: "a:1", as: "s:1"},
+		{name: "activator swapped", act: "a:2", as: "s:1", wantApply: true},
+		{name: "both swapped", act: "a:2", as: "s:2", wantApply: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kc := fake.NewClientset(deployment("activator", tc.act), deployment("autoscaler", tc.as))
+			var applied Images
+			err := Restore(context.Background(), kc, want, func(_ context.Context, im Images) error { applied = im; return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (applied != nil) != tc.wantApply || (applied != nil && applied["activator"] != "a:1") {
+				t.Errorf("applied %v, want apply %v of %v", applied, tc.wantApply, want)
+			}
+		})
+	}
+}

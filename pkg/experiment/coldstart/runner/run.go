@@ -58,11 +58,7 @@ func Run(ctx context.Context, o Options) (samples []report.Sample, err error) {
 	}
 	if o.Restore != nil {
 		defer cleanup("restoring activator="+o.Restore["activator"]+" autoscaler="+o.Restore["autoscaler"], func(ctx context.Context) error {
-			cur, err := swap.Current(ctx, o.Client.Kube)
-			if err == nil && cur["activator"] == o.Restore["activator"] && cur["autoscaler"] == o.Restore["autoscaler"] {
-				return nil
-			}
-			return o.Swap(ctx, o.Restore)
+			return swap.Restore(ctx, o.Client.Kube, o.Restore, o.Swap)
 		})
 	}
 	if o.FastZero {
