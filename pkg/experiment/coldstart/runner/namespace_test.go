@@ -20,21 +20,18 @@ import (
 func TestWaitNamespaceGone(t *testing.T) {
 	now := metav1.Now()
 	tests := []struct {
-		name            string
-		ns              *corev1.Namespace
-		onlyTerminating bool
-		gets            int // Gets before the namespace disappears (-1: never)
-		wantErr         bool
-		wantGets        int
+		name     string
+		ns       *corev1.Namespace
+		gets     int // Gets before the namespace disappears (-1: never)
+		wantErr  bool
+		wantGets int
 	}{
-		{name: "absent", onlyTerminating: true, wantGets: 1},
-		{name: "live, may stay", ns: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cs"}}, onlyTerminating: true, gets: -1, wantGets: 1},
+		{name: "absent", wantGets: 1},
+		{name: "live, may stay", ns: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cs"}}, gets: -1, wantGets: 1},
 		{name: "terminating, then gone", ns: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cs", DeletionTimestamp: &now, Finalizers: []string{"x"}}},
-			onlyTerminating: true, gets: 3, wantGets: 4},
-		{name: "deleted, then gone", ns: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cs", DeletionTimestamp: &now, Finalizers: []string{"x"}}},
-			gets: 2, wantGets: 3},
+			gets: 3, wantGets: 4},
 		{name: "never gone", ns: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cs", DeletionTimestamp: &now, Finalizers: []string{"x"}}},
-			onlyTerminating: true, gets: -1, wantErr: true},
+			gets: -1, wantErr: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,7 +50,7 @@ func TestWaitNamespaceGone(t *testing.T) {
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
-			err := waitNamespaceGone(ctx, &kube.Client{Kube: cs}, "cs", tc.onlyTerminating, time.Millisecond)
+			err := waitNamespaceGone(ctx, &kube.Client{Kube: cs}, "cs", time.Millisecond)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
 			}

@@ -62,7 +62,7 @@ const namespacePoll = time.Second
 // ensureNamespace creates ns unless it exists. A namespace still terminating (the last run's) is
 // waited out first: creates into it fail, and its services, still listed, would pass for the new ones.
 func ensureNamespace(ctx context.Context, c *kube.Client, ns string) error {
-	if err := waitNamespaceGone(ctx, c, ns, true, namespacePoll); err != nil {
+	if err := waitNamespaceGone(ctx, c, ns, namespacePoll); err != nil {
 		return err
 	}
 	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
@@ -72,9 +72,8 @@ func ensureNamespace(ctx context.Context, c *kube.Client, ns string) error {
 	return nil
 }
 
-// waitNamespaceGone returns once ns does not exist. With onlyTerminating, a namespace that exists
-// and is not being deleted is fine too.
-func waitNamespaceGone(ctx context.Context, c *kube.Client, ns string, onlyTerminating bool, poll time.Duration) error {
+// waitNamespaceGone returns once ns is not being deleted: it does not exist, or exists and is live.
+func waitNamespaceGone(ctx context.Context, c *kube.Client, ns string, poll time.Duration) error {
 	err := wait.PollUntilContextTimeout(ctx, poll, namespaceGoneTimeout, true, func(ctx context.Context) (bool, error) {
 		got, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		switch {
@@ -83,7 +82,7 @@ func waitNamespaceGone(ctx context.Context, c *kube.Client, ns string, onlyTermi
 		case err != nil:
 			return false, nil // the apiserver blinked: ask again
 		}
-		return onlyTerminating && got.DeletionTimestamp == nil, nil
+		return got.DeletionTimestamp == nil, nil
 	})
 	if err != nil {
 		return fmt.Errorf("namespace %s still terminating after %v: %w", ns, namespaceGoneTimeout, err)
