@@ -16,7 +16,7 @@ import (
 )
 
 // TestWaitNamespaceGone: a namespace left terminating by the last run is waited out (its services,
-// still listed, must not pass for the new run's); a live one is fine unless it must be gone.
+// still listed, must not pass for the new run's); an absent or live one is fine at once.
 func TestWaitNamespaceGone(t *testing.T) {
 	now := metav1.Now()
 	tests := []struct {
