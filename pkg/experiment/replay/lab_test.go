@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/trace"
@@ -115,12 +116,8 @@ func TestDispatchBoundLate(t *testing.T) {
 			}
 		})
 	}()
-	for rec.len() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, "the first arrival fired", func() bool { return rec.len() > 0 })
+	testutil.Eventually(t, "the dispatcher waiting on the clock", clk.HasWaiters)
 	clk.Step(300 * time.Millisecond) // past the second's time; it waits for the bound
 	close(release)
 	if err := drive(t, clk, 50*time.Millisecond, done); err != nil {
@@ -140,9 +137,7 @@ func TestDispatchCancel(t *testing.T) {
 	go func() {
 		done <- Dispatch(ctx, clk, t0, arr, 4, func(_ context.Context, i int, late time.Duration) { rec.add(fired{i, clk.Now(), late}) })
 	}()
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, "the dispatcher waiting on the clock", clk.HasWaiters)
 	cancel()
 	select {
 	case err := <-done:
