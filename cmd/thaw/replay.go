@@ -156,7 +156,8 @@ type labFlags struct {
 	speed                                      float64
 	functions, maxInvocations, maxInflight     int
 	compare, keep, dryRun, fastPath            bool
-	timeout, zeroTimeout                       time.Duration
+	timeout, zeroTimeout, curveStep            time.Duration
+	reanalyze                                  string
 	thawAct, thawAS, upAct, upAS               string
 }
 
@@ -173,6 +174,8 @@ func (l *labFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&l.compare, "compare", false, "run with upstream's activator and autoscaler, then with Thaw's")
 	fs.BoolVar(&l.keep, "keep", false, "keep the namespaces and their services")
 	fs.BoolVar(&l.fastPath, "sim-fast-path", true, "the simulation of the cluster's run scales to zero without the grace once inactive, as upstream's KPA does with the activator in the path")
+	fs.DurationVar(&l.curveStep, "sim-cold-step", 30*time.Second, "the simulation of the cluster's run takes the cold-start time the run measured in each step of this length (0: the run's median throughout)")
+	fs.StringVar(&l.reanalyze, "reanalyze", "", "compare an earlier run's files in this directory (requests.csv, replay.csv) with the simulation again, touch no cluster; give the run's trace flags")
 	fs.BoolVar(&l.dryRun, "dry-run", false, "print the plan and the simulation of the cluster's run, touch no cluster")
 	fs.DurationVar(&l.timeout, "timeout", 2*time.Minute, "bound of one request")
 	fs.DurationVar(&l.zeroTimeout, "zero-timeout", 5*time.Minute, "bound of the wait for the services to reach zero before the replay")
@@ -217,6 +220,16 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 	if lf.dryRun {
 		return predictLab(plan, lps, lr.cold, lf.fastPath)
 	}
+	if lf.reanalyze != "" {
+		res, err := replay.ReadRun(lf.reanalyze, plan)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(lr.dir, 0o755); err != nil {
+			return err
+		}
+		return reportLab(plan, lps, lf, lr, res, nil)
+	}
 	tgt, err := openTarget(ctx, lf.kubeconfig)
 	if err != nil {
 		return err
@@ -258,8 +271,14 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 	if res == nil || len(res.Outcomes) == 0 {
 		return runErr
 	}
+	return reportLab(plan, lps, lf, lr, res, runErr)
+}
+
+// reportLab simulates the cluster's run res, prints the tables and writes
+// the report files; runErr is the run's own error, returned with the rest.
+func reportLab(plan *replay.Plan, lps []replay.LabPolicy, lf labFlags, lr labRun, res *replay.LabResult, runErr error) error {
 	labRows := res.Rows(plan)
-	cmp, simRows, err := replay.Compare(plan, res.Sides, lps, res.Outcomes, labRows, lr.cold, lr.cold, lf.fastPath)
+	cmp, simRows, err := replay.Compare(plan, res.Sides, lps, res.Outcomes, labRows, replay.CompareOptions{Cold: lr.cold, TraceCold: lr.cold, FastPath: lf.fastPath, CurveStep: lf.curveStep})
 	if err != nil {
 		return errors.Join(runErr, err)
 	}
@@ -290,7 +309,7 @@ func replayLab(ctx context.Context, lf labFlags, lr labRun) error {
 		"from": lr.window.From.String(), "to": lr.window.To.String(), "speed": lf.speed, "functions": len(plan.Functions),
 		"requests": len(plan.Arrivals), "spread": lr.spread, "seed": lr.seed, "policies": lr.policies, "settings": settings,
 		"sides": res.Sides, "started": res.Started, "finished": res.Finished, "coldStartDefault": lr.cold.String(),
-		"comparison": cmp, "learned": lr.learned}
+		"comparison": cmp, "learned": lr.learned, "simColdStep": lf.curveStep.String(), "reanalyzed": lf.reanalyze}
 	werr := errors.Join(replay.WriteFiles(lr.dir, full, run),
 		writeFile(filepath.Join(lr.dir, "requests.csv"), func(w io.Writer) error { return replay.WriteOutcomesCSV(w, plan, res.Outcomes) }),
 		writeFile(filepath.Join(lr.dir, "compare.csv"), func(w io.Writer) error { return replay.WriteComparisonCSV(w, cmp) }))

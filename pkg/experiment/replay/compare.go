@@ -74,6 +74,54 @@ func ColdStartTime(outs []Outcome) (time.Duration, bool) {
 	return w[len(w)/2], true
 }
 
+// ColdStartCurve is the cold-start time a side measured along its run: the
+// median wait of the requests that started a cold start (as
+// ColdStartTime), in steps of step by their planned offset; a step without
+// one takes the nearest step that has one, the earlier on a tie. It is nil
+// when the side measured none.
+func ColdStartCurve(p *Plan, outs []Outcome, step time.Duration) func(time.Duration) time.Duration {
+	if step <= 0 {
+		return nil
+	}
+	bins := map[int][]time.Duration{}
+	last := -1
+	for i := range outs {
+		o := &outs[i]
+		if !o.OK() || !o.Cold || o.Replicas != 0 || o.Arrival < 0 || o.Arrival >= len(p.Arrivals) {
+			continue
+		}
+		b := int(p.Arrivals[o.Arrival].At / step)
+		bins[b] = append(bins[b], o.Waited())
+		last = max(last, b)
+	}
+	if last < 0 {
+		return nil
+	}
+	med := make([]time.Duration, last+1)
+	have := make([]bool, last+1)
+	for b, w := range bins {
+		sort.Slice(w, func(i, j int) bool { return w[i] < w[j] })
+		med[b], have[b] = w[len(w)/2], true
+	}
+	filled := make([]time.Duration, last+1)
+	for b := range filled {
+		for d := 0; ; d++ {
+			if b-d >= 0 && have[b-d] {
+				filled[b] = med[b-d]
+				break
+			}
+			if b+d <= last && have[b+d] {
+				filled[b] = med[b+d]
+				break
+			}
+		}
+	}
+	return func(at time.Duration) time.Duration {
+		b := int(at / step)
+		return filled[min(max(b, 0), last)]
+	}
+}
+
 // SimulatePlan runs every function of the plan under pol with m, rows
 // named label; wallClock picks the plan's wall-clock requests (the
 // cluster's run), else its trace-time ones (`thaw replay --simulate`).
@@ -102,17 +150,27 @@ func sum(rows []report.Row) (requests, coldRequests, coldStarts int) {
 	return
 }
 
+// CompareOptions set how Compare simulates the cluster's runs.
+type CompareOptions struct {
+	// Cold is the cold-start time of the simulations of a side that
+	// measured none, TraceCold the trace-time simulation's.
+	Cold, TraceCold time.Duration
+	// FastPath sets sim.Model.ProxyFastPath for the simulations of the
+	// cluster's run: its ksvcs (containerConcurrency 0, default target
+	// burst capacity) keep the activator in the path, so upstream's KPA
+	// scales them to zero without waiting for the grace period.
+	FastPath bool
+	// CurveStep, when positive, gives the simulation of each side the
+	// cold-start time the side measured at each moment of its run
+	// (ColdStartCurve with this step) instead of its median.
+	CurveStep time.Duration
+}
+
 // Compare simulates every run of the cluster and sets them side by side.
-// lab are the cluster's rows (Rows), outs its requests, cold the cold-start
-// time of the simulations when the cluster measured none, traceCold the
-// trace-time simulation's. It returns the comparisons and the simulations'
-// rows ("sim:<side>/<policy>" on the wall clock, "trace/<policy>").
-//
-// fastPath sets sim.Model.ProxyFastPath for the simulations of the
-// cluster's run: its ksvcs (containerConcurrency 0, default target burst
-// capacity) keep the activator in the path, so upstream's KPA scales them
-// to zero without waiting for the grace period.
-func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []report.Row, cold, traceCold time.Duration, fastPath bool) ([]Comparison, []report.Row, error) {
+// lab are the cluster's rows (Rows), outs its requests. It returns the
+// comparisons and the simulations' rows ("sim:<side>/<policy>" on the wall
+// clock, "trace/<policy>").
+func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []report.Row, o CompareOptions) ([]Comparison, []report.Row, error) {
 	var cmp []Comparison
 	var simRows []report.Row
 	traced := map[string][]report.Row{}
@@ -125,7 +183,11 @@ func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []re
 		}
 		cs, ok := ColdStartTime(sideOuts)
 		if !ok {
-			cs = cold
+			cs = o.Cold
+		}
+		var curve func(time.Duration) time.Duration
+		if o.CurveStep > 0 {
+			curve = ColdStartCurve(p, sideOuts, o.CurveStep)
 		}
 		for _, lp := range pols {
 			k := runKey{side, lp.Name}
@@ -147,7 +209,7 @@ func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []re
 					c.Failed++
 				}
 			}
-			rows, err := SimulatePlan(p, "sim:"+k.label(), lp.Wall(), sim.Model{ColdStart: cs, Config: lp.Config(), ProxyFastPath: fastPath}, true)
+			rows, err := SimulatePlan(p, "sim:"+k.label(), lp.Wall(), sim.Model{ColdStart: cs, ColdStartAt: curve, Config: lp.Config(), ProxyFastPath: o.FastPath}, true)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -155,7 +217,7 @@ func Compare(p *Plan, sides []string, pols []LabPolicy, outs []Outcome, lab []re
 			_, c.SimColdRequests, c.SimColdStarts = sum(rows)
 			tr, seen := traced[lp.Name]
 			if !seen {
-				tr, err = SimulatePlan(p, "trace/"+lp.Name, lp.Trace, sim.Model{ColdStart: traceCold}, false)
+				tr, err = SimulatePlan(p, "trace/"+lp.Name, lp.Trace, sim.Model{ColdStart: o.TraceCold}, false)
 				if err != nil {
 					return nil, nil, err
 				}

@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/csv"
 	"errors"
+	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -425,7 +428,7 @@ func TestCompare(t *testing.T) {
 	}
 	// One failed request of thaw/fixed-10m.
 	outs := []Outcome{{Side: "thaw", Policy: "fixed-10m", Status: 503}}
-	cmp, simRows, err := Compare(p, []string{"upstream", "thaw"}, lps, outs, lab, cold, time.Second, false)
+	cmp, simRows, err := Compare(p, []string{"upstream", "thaw"}, lps, outs, lab, CompareOptions{Cold: cold, TraceCold: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,4 +578,157 @@ func TestPodWatch(t *testing.T) {
 	if w.Replicas("other") != -1 {
 		t.Error("an unseen Deployment has replicas")
 	}
+}
+
+func TestColdStartCurve(t *testing.T) {
+	p := testPlan(t)
+	if len(p.Arrivals) < 4 {
+		t.Fatalf("test plan has %d arrivals", len(p.Arrivals))
+	}
+	step := p.Arrivals[len(p.Arrivals)-1].At/4 + time.Millisecond
+	bin := func(i int) int { return int(p.Arrivals[i].At / step) }
+	first, last := 0, len(p.Arrivals)-1
+	cold := func(arrival int, wait time.Duration) Outcome {
+		return Outcome{Arrival: arrival, Status: 200, Cold: true, Latency: wait}
+	}
+	outs := []Outcome{
+		cold(first, 30*time.Second),
+		cold(first, 10*time.Second),
+		cold(first, 20*time.Second),
+		cold(last, 2*time.Second),
+		{Arrival: last, Status: 200, Cold: true, Replicas: 1, Latency: time.Minute},   // joined a cold start
+		{Arrival: last, Status: 503, Cold: true, Latency: time.Minute},                // failed
+		{Arrival: len(p.Arrivals) + 5, Status: 200, Cold: true, Latency: time.Minute}, // not in the plan
+	}
+	curve := ColdStartCurve(p, outs, step)
+	if curve == nil {
+		t.Fatal("no curve")
+	}
+	if bin(first) == bin(last) {
+		t.Fatalf("first and last arrivals in one step")
+	}
+	tests := []struct {
+		at   time.Duration
+		want time.Duration
+	}{
+		{p.Arrivals[first].At, 20 * time.Second}, // median of its step
+		{p.Arrivals[last].At, 2 * time.Second},
+		{-time.Second, 20 * time.Second},                       // before the run: the first step
+		{p.Arrivals[last].At + time.Hour, 2 * time.Second},     // after: the last
+		{time.Duration(bin(first)+1) * step, 20 * time.Second}, // an empty step next to the first
+	}
+	for _, tc := range tests {
+		if got := curve(tc.at); got != tc.want {
+			t.Errorf("at %v: %v, want %v", tc.at, got, tc.want)
+		}
+	}
+	if ColdStartCurve(p, outs[4:], step) != nil {
+		t.Error("a curve without a request that started a cold start")
+	}
+	if ColdStartCurve(p, outs, 0) != nil {
+		t.Error("a curve with no step")
+	}
+}
+
+func TestReadRun(t *testing.T) {
+	p := testPlan(t)
+	var outs []Outcome
+	for i, a := range p.Arrivals {
+		o := Outcome{Side: "thaw", Policy: "upstream", Fn: a.Fn, Arrival: i, Service: fmt.Sprintf("p0-f%03d", a.Fn),
+			Sent: t0.Add(a.At), Sleep: a.Sleep, Latency: a.Sleep + time.Duration(i%3)*time.Second, Status: 200}
+		if i%3 == 0 {
+			o.Header = "cold"
+		}
+		if i == 1 {
+			o.Status, o.Error = 0, "dial tcp: refused"
+		}
+		o.classify()
+		outs = append(outs, o)
+	}
+	pods := map[runKey][]PodStats{{"thaw", "upstream"}: make([]PodStats, len(p.Functions))}
+	for i := range p.Functions {
+		pods[runKey{"thaw", "upstream"}][i] = PodStats{ScaleUps: i + 1, PodSeconds: float64(10 * (i + 1))}
+	}
+	want := Rows(p, outs, pods)
+	sims, err := SimulatePlan(p, "sim:thaw/upstream", sim.Upstream(), sim.Model{ColdStart: time.Second}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var req, rows bytes.Buffer
+	if err := WriteOutcomesCSV(&req, p, outs); err != nil {
+		t.Fatal(err)
+	}
+	if err := report.WriteRowsCSV(&rows, append(append([]report.Row{}, want...), sims...)); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "requests.csv"), req.Bytes(), 0o644)
+	os.WriteFile(filepath.Join(dir, "replay.csv"), rows.Bytes(), 0o644)
+	res, err := ReadRun(dir, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Sides) != 1 || res.Sides[0] != "thaw" || len(res.Outcomes) != len(outs) {
+		t.Fatalf("read %v sides, %d outcomes", res.Sides, len(res.Outcomes))
+	}
+	got := res.Rows(p)
+	if len(got) != len(want) {
+		t.Fatalf("%d rows, want %d", len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Policy != w.Policy || g.Requests != w.Requests || g.ColdRequests != w.ColdRequests || g.ColdStarts != w.ColdStarts ||
+			math.Abs(g.IdlePodSeconds-w.IdlePodSeconds) > 1e-3 || (g.AddedLatency-w.AddedLatency).Abs() > time.Millisecond*time.Duration(w.Requests) {
+			t.Errorf("row %d: read back %+v, want %+v", i, g, w)
+		}
+	}
+
+	// Bad files: a line and a reason, no panic.
+	recs, err := csv.NewReader(bytes.NewReader(req.Bytes())).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := map[string]int{}
+	for i, c := range recs[0] {
+		h[c] = i
+	}
+	// with returns the header and the first request with column c set to v.
+	with := func(c, v string) string {
+		r := append([]string{}, recs[1]...)
+		r[h[c]] = v
+		var b bytes.Buffer
+		w := csv.NewWriter(&b)
+		w.Write(recs[0])
+		w.Write(r)
+		w.Flush()
+		return b.String()
+	}
+	other := firstArrival(p, (recs[1][h["function"]] == p.Functions[0].Name))
+	bad := []struct{ name, requests, want string }{
+		{"unknown function", with("function", "nope"), `requests.csv:2: function "nope" is not in the plan`},
+		{"arrival of another function", with("arrival", fmt.Sprint(other)), "is not one of function"},
+		{"garbage number", with("status", "twohundred"), "status"},
+		{"missing column", "side,policy,service,header,error,cold_by\nthaw,upstream,x,,,\n", `no column "function"`},
+		{"empty", strings.Split(req.String(), "\n")[0] + "\n", "no request"},
+	}
+	for _, tc := range bad {
+		os.WriteFile(filepath.Join(dir, "requests.csv"), []byte(tc.requests), 0o644)
+		if _, err := ReadRun(dir, p); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// firstArrival is the plan's first arrival of function fn (0 or 1).
+func firstArrival(p *Plan, one bool) int {
+	fn := 0
+	if one {
+		fn = 1
+	}
+	for i, a := range p.Arrivals {
+		if a.Fn == fn {
+			return i
+		}
+	}
+	return -1
 }

@@ -20,6 +20,7 @@ package sim
 import (
 	"container/heap"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/thaw-dev/thaw/pkg/asconfig"
@@ -71,6 +72,13 @@ func shortDur(d time.Duration) string {
 type Model struct {
 	// ColdStart is the time from the scale-up to a ready pod.
 	ColdStart time.Duration
+	// ColdStartAt, when set, gives the cold-start time of a scale-up at
+	// offset at of the run instead of ColdStart: a cluster's start time
+	// varies with its load (tens of seconds while every function starts at
+	// once, a second or two when the node is quiet), and a single median
+	// makes pods come back too early or too late against the idle gaps
+	// that decide the next cold start.
+	ColdStartAt func(at time.Duration) time.Duration
 	// Config is config-autoscaler (nil: defaults).
 	Config *asconfig.Config
 	// ProxyFastPath models upstream's fast path to zero: when the
@@ -171,6 +179,14 @@ type run struct {
 }
 
 func (r *run) t(d time.Duration) time.Time { return epoch.Add(d) }
+
+// coldStart is the time a scale-up made now takes to a ready pod.
+func (r *run) coldStart() time.Duration {
+	if r.m.ColdStartAt != nil {
+		return r.m.ColdStartAt(r.now)
+	}
+	return r.m.ColdStart
+}
 
 // Spec is the decider spec of a revision with no annotations and
 // containerConcurrency 0 under cfg, as the KPA derives it.
@@ -386,7 +402,11 @@ func (r *run) setScale(n int) {
 	switch {
 	case n > cur:
 		for range n - cur {
-			r.starting = append(r.starting, r.now+r.m.ColdStart)
+			ready := r.now + r.coldStart()
+			// Keep starting ascending: a later scale-up may be ready
+			// sooner when the cluster's start time fell in between.
+			i, _ := slices.BinarySearch(r.starting, ready)
+			r.starting = slices.Insert(r.starting, i, ready)
 		}
 	case n < cur:
 		drop := cur - n
@@ -479,7 +499,7 @@ func (r *run) schedulePreWarm() {
 		return
 	}
 	if !pl.Next.IsZero() {
-		r.wake = max(r.now, pl.Next.Sub(epoch)-r.m.ColdStart)
+		r.wake = max(r.now, pl.Next.Sub(epoch)-r.coldStart())
 	}
 }
 
@@ -488,7 +508,7 @@ func (r *run) preWarm() {
 		return
 	}
 	// Wanted now, or within a cold start: the pod is ready when wanted.
-	if pl := r.ka.Plan(); !pl.Pod && (pl.Next.IsZero() || pl.Next.Sub(r.clk.now) > r.m.ColdStart) {
+	if pl := r.ka.Plan(); !pl.Pod && (pl.Next.IsZero() || pl.Next.Sub(r.clk.now) > r.coldStart()) {
 		return
 	}
 	r.res.PreWarms++

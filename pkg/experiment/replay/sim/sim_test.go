@@ -156,3 +156,56 @@ func TestProxyFastPath(t *testing.T) {
 		}
 	}
 }
+
+func TestColdStartAt(t *testing.T) {
+	// Two requests 200 s apart: the pod is gone in between under upstream's
+	// policy, so each starts a pod. The cluster takes 30 s to start a pod
+	// in the first 100 s of the run and 2 s after that: each request waits
+	// the cold-start time of its own moment, not one median.
+	w := &listWorkload{horizon: time.Hour, reqs: []Request{
+		{At: 10 * time.Second, Duration: 100 * time.Millisecond},
+		{At: 210 * time.Second, Duration: 100 * time.Millisecond},
+	}}
+	m := Model{ColdStart: time.Hour, ColdStartAt: func(at time.Duration) time.Duration {
+		if at < 100*time.Second {
+			return 30 * time.Second
+		}
+		return 2 * time.Second
+	}}
+	res, err := Run(w, Upstream(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ColdStarts != 2 || res.AddedLatency != 32*time.Second || res.MaxAddedLatency != 30*time.Second {
+		t.Errorf("result %+v: want two cold starts waiting 30 s and 2 s", res)
+	}
+}
+
+func TestColdStartAtOrder(t *testing.T) {
+	// A scale-up made later that the cluster serves sooner is ready first:
+	// the starting pods stay ordered by their ready times. A burst scales a
+	// revision out at a slow moment of the cluster, then again at a fast one.
+	var reqs []Request
+	for i := range 300 {
+		reqs = append(reqs, Request{At: time.Duration(i) * 10 * time.Millisecond, Duration: 20 * time.Second})
+	}
+	w := &listWorkload{horizon: 10 * time.Minute, reqs: reqs}
+	m := Model{ColdStartAt: func(at time.Duration) time.Duration {
+		if at < 3*time.Second {
+			return 40 * time.Second
+		}
+		return time.Second
+	}}
+	res, err := Run(w, Upstream(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 300 || res.ColdStarts != 1 {
+		t.Errorf("result %+v", res)
+	}
+	// The requests waited for the first pod ready: 40 s after the first
+	// scale-up unless a later, faster one was ready before.
+	if res.MaxAddedLatency >= 40*time.Second {
+		t.Errorf("longest wait %v: the later, faster scale-up's pod was not used first", res.MaxAddedLatency)
+	}
+}
