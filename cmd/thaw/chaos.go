@@ -21,7 +21,7 @@ import (
 
 func chaosCommands() map[string]command {
 	return map[string]command{
-		"run": {"chaos scenarios under load (activator and autoscaler kills and deletes, cut-off, network loss, apiserver outage, user pod kills, a never-ready revision), every lost request counted", chaosRun},
+		"run": {"chaos scenarios under load (activator and autoscaler kills and deletes, cut-off, network loss and delay, apiserver outage, user pod kills, a never-ready revision), every lost request counted", chaosRun},
 	}
 }
 
@@ -35,8 +35,9 @@ func chaosRun(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 5*time.Minute, "how long faults are applied per scenario and side")
 	period := fs.Duration("period", 20*time.Second, "time between two faults")
 	jitter := fs.Duration("jitter", 5*time.Second, "each period is shifted by up to ± this")
-	hold := fs.Duration("hold", 30*time.Second, "how long a held fault (cut-off, network loss, apiserver outage, never-ready) lasts before it is undone")
+	hold := fs.Duration("hold", 30*time.Second, "how long a held fault (cut-off, network loss or delay, apiserver outage, never-ready) lasts before it is undone")
 	loss := fs.Float64("loss", 0.1, "network-loss: share of the packets dropped between the activators and the pods, each way")
+	delay := fs.Duration("delay", 100*time.Millisecond, "network-delay: added to each packet from the activators to the pods (one way, so a round trip takes this longer)")
 	inject := map[string]string{}
 	fs.Func("inject", "injected: a thaw-fault-injection key and its value, KEY=VALUE (repeatable), e.g. 'activator.pod-latency=delay=200ms,p=0.5'",
 		func(v string) error {
@@ -97,7 +98,7 @@ func chaosRun(ctx context.Context, args []string) error {
 	o := runner.Options{
 		Client: cl, Namespace: *ns, Image: *image, Ingress: *ingress, Scenarios: scenarios,
 		Duration: *duration, Period: *period, Jitter: *jitter, Hold: *hold, Before: *before, After: *after,
-		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout, Loss: *loss, DoomedEvery: *doomedEvery, Inject: inject,
+		Rate: *rate, Sleep: *sleepMs, ColdServices: *coldN, ColdEvery: *coldEvery, Timeout: *timeout, Loss: *loss, Delay: *delay, DoomedEvery: *doomedEvery, Inject: inject,
 		Shape: upstream.Shape{Replicas: *replicas, Buckets: *buckets}, Keep: *keep, Seed: *seed, Progress: os.Stdout,
 	}
 	if isLab {
@@ -113,7 +114,7 @@ func chaosRun(ctx context.Context, args []string) error {
 			return errors.New("--ingress is required outside the lab")
 		}
 		fmt.Println("chaos: not the lab: kills are pod deletes with no grace period (no node access for a SIGKILL); " +
-			"autoscaler-cutoff, network-loss and apiserver-outage need the lab")
+			"autoscaler-cutoff, network-loss, network-delay and apiserver-outage need the lab (elsewhere: injected, activator.pod-latency)")
 		o.Swap = func(ctx context.Context, im swap.Images) error { return swap.Apply(ctx, cl.Kube, im, 3*time.Minute) }
 	}
 	cur, err := swap.Current(ctx, cl.Kube)

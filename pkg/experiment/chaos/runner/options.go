@@ -55,6 +55,7 @@ var Scenarios = []Scenario{
 	{Name: "activator-delete-all", SLO: 1.0, Help: "delete every activator pod gracefully at once every --period"},
 	{Name: "autoscaler-cutoff", SLO: 1.0, Hold: true, Lab: true, Help: "drop every activator's traffic to the autoscaler's :8080 for --hold, every --period"},
 	{Name: "network-loss", SLO: 1.0, Hold: true, Lab: true, Help: "drop --loss of the packets between every activator and the pods (:80, :8012) both ways for --hold, every --period"},
+	{Name: "network-delay", SLO: 1.0, Hold: true, Lab: true, Help: "hold every packet from every activator to the pods (:80, :8012) --delay (NFQUEUE, no netem) for --hold, every --period"},
 	{Name: "apiserver-outage", SLO: 1.0, Hold: true, APIServer: true, UndoTimeout: 2 * time.Minute, Help: "stop the lab's kube-apiserver (SIGKILL) for --hold, every --period"},
 	{Name: "user-pod-kill", SLO: 0.90, Help: "SIGKILL the app container of a cold service's pod as it scales up, every --period"},
 	{Name: "injected", SLO: 1.0, Hold: true, Help: "faults built into Thaw's components (--inject KEY=VALUE) for --hold, every --period; needs THAW_FAULT_INJECTION=enabled in their Deployments"},
@@ -103,6 +104,8 @@ type Options struct {
 	Daemons fault.Daemons
 	// Loss is the share of packets network-loss drops.
 	Loss float64
+	// Delay is what network-delay adds to each packet from the activators to the pods.
+	Delay time.Duration
 	// Inject is the injected scenario's thaw-fault-injection keys and values.
 	Inject map[string]string
 	// DoomedEvery is the interval of the never-ready service's load (default 10s).
@@ -140,6 +143,9 @@ func (o *Options) validate() error {
 		}
 		if s.Name == "network-loss" && (o.Loss <= 0 || o.Loss >= 1) {
 			errs = append(errs, fmt.Errorf("network-loss: loss %v, want a share between 0 and 1", o.Loss))
+		}
+		if s.Name == "network-delay" && (o.Delay <= 0 || o.Delay > fault.MaxDelay) {
+			errs = append(errs, fmt.Errorf("network-delay: delay %v, want more than 0 and at most %v", o.Delay, fault.MaxDelay))
 		}
 		if s.Name == "injected" {
 			if err := (fault.Injected{Faults: o.Inject}).Validate(); err != nil {

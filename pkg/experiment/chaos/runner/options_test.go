@@ -17,6 +17,7 @@ func TestValidate(t *testing.T) {
 	kill, _ := ScenarioByName("autoscaler-kill")
 	outage, _ := ScenarioByName("apiserver-outage")
 	loss, _ := ScenarioByName("network-loss")
+	delay, _ := ScenarioByName("network-delay")
 	injected, _ := ScenarioByName("injected")
 	good := func() Options {
 		return Options{Client: &kube.Client{}, Namespace: "chaos", Image: "app", Ingress: "10.88.0.1:80",
@@ -51,6 +52,28 @@ func TestValidate(t *testing.T) {
 			o.Hold = 10 * time.Second
 			o.Loss = 1.5
 		}, wantErr: "between 0 and 1"},
+		{name: "network delay needs the lab's node", mod: func(o *Options) {
+			o.Scenarios = []Scenario{delay}
+			o.Hold = 10 * time.Second
+			o.Delay = 100 * time.Millisecond
+		}, wantErr: "needs the lab"},
+		{name: "network delay needs a delay", mod: func(o *Options) {
+			o.Scenarios = []Scenario{delay}
+			o.Containerd = &fault.Containerd{}
+			o.Hold = 10 * time.Second
+		}, wantErr: "network-delay: delay 0s"},
+		{name: "network delay past its bound", mod: func(o *Options) {
+			o.Scenarios = []Scenario{delay}
+			o.Containerd = &fault.Containerd{}
+			o.Hold = 10 * time.Second
+			o.Delay = time.Minute
+		}, wantErr: "at most"},
+		{name: "network delay on the lab", mod: func(o *Options) {
+			o.Scenarios = []Scenario{delay}
+			o.Containerd = &fault.Containerd{}
+			o.Hold = 10 * time.Second
+			o.Delay = 100 * time.Millisecond
+		}},
 		{name: "injected needs faults", mod: func(o *Options) {
 			o.Scenarios = []Scenario{injected}
 			o.Hold = 10 * time.Second

@@ -181,6 +181,12 @@ func (r *run) injector(sc Scenario) (fault.Injector, error) {
 			return nil, errors.New("network-loss needs the lab")
 		}
 		return fault.NetworkLoss(*r.o.Containerd, fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}, r.o.Loss), nil
+	case "network-delay":
+		if r.o.Containerd == nil {
+			return nil, errors.New("network-delay needs the lab")
+		}
+		return fault.NetworkDelay(*r.o.Containerd, fault.Pods{Kube: kc, Component: "activator", Rand: r.rnd}, r.o.Delay,
+			fault.NFQueueDelayer(r.o.Delay, 0)), nil
 	case "apiserver-outage":
 		if r.o.Daemons == nil {
 			return nil, errors.New("apiserver-outage needs the lab")
