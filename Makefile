@@ -111,7 +111,7 @@ test-upstream-ci:
 # plot, table). Brings the lab up (or reuses a running one) and down at the end unless THAW_KEEP_LAB=1.
 # CHAOS_SCENARIOS and CHAOS_FLAGS (e.g. --duration 2m) select; see the README's "Chaos".
 CHAOS_SCENARIOS ?= autoscaler-kill autoscaler-delete activator-kill activator-kill-all activator-delete \
-  activator-delete-all autoscaler-cutoff network-loss apiserver-outage user-pod-kill never-ready
+  activator-delete-all autoscaler-cutoff network-loss network-delay apiserver-outage user-pod-kill never-ready
 CHAOS_FLAGS ?=
 chaos:
 	$(GO) build -o $(BIN)/ ./cmd/thaw
