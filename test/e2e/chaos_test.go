@@ -76,7 +76,7 @@ func TestChaos(t *testing.T) {
 		// Each cold service is poked every 20 s: it is back at zero by then (6 s window, 6 s grace), so
 		// every poke is a cold start and user-pod-kill finds a pod scaling up.
 		ColdServices: 4, ColdEvery: 5 * time.Second,
-		Timeout: 30 * time.Second, Loss: 0.1,
+		Timeout: 30 * time.Second, Loss: 0.1, Delay: 100 * time.Millisecond,
 		// Two of each, so that killing one leaves the other; two buckets, so both autoscalers lead one.
 		Shape:      upstream.Shape{Replicas: 2, Buckets: 2},
 		Containerd: &fault.Containerd{Ctr: s.Paths.Ctr, Address: s.Lab.Cfg.ContainerdSock()},
