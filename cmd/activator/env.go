@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
@@ -36,8 +37,15 @@ type env struct {
 	// FaultInjection is THAW_FAULT_INJECTION, the deploy-time switch of fault injection (see newFaults).
 	FaultInjection string
 
+	// InternalTLS is config-network's system-internal-tls, read once at start
+	// as upstream reads it (not an environment variable): HTTPS on httpsAddr
+	// and TLS to queue-proxy. The ACTIVATOR_TLS_* variables apply only then.
+	InternalTLS bool
+
 	// Fixed in production; tests move them to loopback.
 	http1Addr, h2cAddr string
+	httpsAddr          string
+	tlsPorts           internaltls.Ports
 	autoscalerURL      string // "" → statsink.URL(SystemNamespace, ClusterDomain)
 }
 
@@ -53,6 +61,8 @@ func loadEnv(getenv func(string) string) (*env, error) {
 		FaultInjection:          getenv(faultinject.EnvVar),
 		http1Addr:               ":8012",
 		h2cAddr:                 ":8013",
+		httpsAddr:               ":" + strconv.Itoa(internaltls.PodHTTPSPort),
+		tlsPorts:                internaltls.DefaultPorts,
 	}
 	if e.PodName == "" {
 		return nil, fmt.Errorf("POD_NAME is required")

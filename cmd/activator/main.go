@@ -30,6 +30,7 @@ import (
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/concurrency"
 	"github.com/thaw-dev/thaw/pkg/endpoints"
@@ -166,6 +167,9 @@ func run() error {
 		meshMode = endpoints.MeshAuto
 	}
 	passthrough := strings.EqualFold(netData["enable-mesh-pod-addressability"], "true")
+	if e.InternalTLS, err = internaltls.Enabled(netData); err != nil {
+		logger.Errorw("Invalid config-network; system-internal-tls stays disabled", zap.Error(err))
+	}
 
 	return runActivator(ctx, e, obsCfg, kube, serving, meshMode, passthrough, logger, level)
 }
@@ -208,7 +212,21 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	hcfg.LabelProxied = true
 	flt := newFaults(e.FaultInjection, clk, reg, logger)
 	popts.WrapTransport = flt.podTransport(popts.WrapTransport)
-	px := proxy.New(transport, logger.Named("proxy"), popts)
+	var itls *internalTLS
+	if e.InternalTLS {
+		// As upstream, plain HTTP stays on (:8012, :8013, probes to pods);
+		// requests to pods go over TLS.
+		logger.Info("Knative system-internal-tls is enabled")
+		if itls, err = newInternalTLS(kube, e.SystemNamespace, transport, logger); err != nil {
+			return err
+		}
+		popts.HTTPS = true
+	}
+	proxied := transport
+	if itls != nil {
+		proxied = itls.transport
+	}
+	px := proxy.New(proxied, logger.Named("proxy"), popts)
 
 	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth, TotalQueueDepth: e.TotalQueueDepth}, clk, logger.Named("throttler"))
 	metrics := activator.NewMetrics(reg)
@@ -253,6 +271,9 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	defer func() { bgCancel(); bg.Wait() }()
 	start(store.Run)
 	start(epm.Run)
+	if itls != nil {
+		start(itls.watcher.Run)
+	}
 	start(sink.Run)
 	start(reporter.Run)
 	profiling := observability.NewProfiling(obsCfg.RuntimeProfiling)
@@ -266,11 +287,18 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	start(func(c context.Context) { watchConfigMaps(c, kube, e.SystemNamespace, cmHandlers, cmDeletes) })
 
 	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
-	if !store.WaitForSync(syncCtx) || !epm.WaitForSync(syncCtx) {
+	if !store.WaitForSync(syncCtx) || !epm.WaitForSync(syncCtx) || (itls != nil && !itls.watcher.WaitForSync(syncCtx)) {
 		syncCancel()
 		return fmt.Errorf("informers did not sync within a minute")
 	}
 	syncCancel()
+	if itls != nil {
+		// Upstream exits here; Thaw serves plain HTTP and refuses TLS
+		// handshakes until the Secret is there (the store logged why).
+		if _, err := itls.store.GetCertificate(nil); err != nil {
+			logger.Errorw("system-internal-tls is enabled but there is no certificate to serve yet", zap.Error(err))
+		}
+	}
 
 	ds := &drainState{}
 	hcfg.Throttler = thr
@@ -284,6 +312,9 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	hcfg.Metrics = metrics
 	hcfg.QueueDepth = e.QueueDepth
 	hcfg.PassthroughLB = passthrough
+	if itls != nil {
+		hcfg.InternalTLS = &e.tlsPorts
+	}
 	hcfg.RequestLog = requestLog
 	hcfg.ColdStarts = coldStarts
 	hcfg.Routable = thr.Routable // fail fast for revisions that cannot start
@@ -295,6 +326,9 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 		{name: "h2c", srv: dataServer(e.h2cAddr, handler)},
 		{name: "metrics", srv: observability.NewMetricsServer(e.MetricsAddr, reg, id)},
 		{name: "profile", srv: observability.NewProfilingServer(":"+strconv.Itoa(e.ProfilingPort), profiling)},
+	}
+	if itls != nil {
+		servers = append(servers, namedServer{name: "https", srv: httpsServer(e.httpsAddr, handler, itls.server)})
 	}
 	logger.Infow("Starting the activator", "podIP", e.PodIP, "queueDepth", e.QueueDepth, "drainTimeout", e.DrainTimeout)
 

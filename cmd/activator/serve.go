@@ -56,9 +56,16 @@ func serve(sigCtx context.Context, servers []namedServer, ds *drainState, drain,
 		go func() {
 			defer wg.Done()
 			var err error
-			if s.lis != nil {
+			// A server with a TLSConfig (the HTTPS port) serves TLS; its
+			// certificate comes from TLSConfig.GetCertificate.
+			switch tlsOn := s.srv.TLSConfig != nil; {
+			case s.lis != nil && tlsOn:
+				err = s.srv.ServeTLS(s.lis, "", "")
+			case s.lis != nil:
 				err = s.srv.Serve(s.lis)
-			} else {
+			case tlsOn:
+				err = s.srv.ListenAndServeTLS("", "")
+			default:
 				err = s.srv.ListenAndServe()
 			}
 			if err != nil && !errors.Is(err, http.ErrServerClosed) {

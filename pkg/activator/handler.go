@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/concurrency"
 	"github.com/thaw-dev/thaw/pkg/observability"
@@ -97,6 +98,10 @@ type Config struct {
 	// Health returns an error once the activator drains; nil: always healthy.
 	// Readiness deliberately ignores the autoscaler connection (#6529).
 	Health func() error
+	// InternalTLS, if set (config-network system-internal-tls), sends each
+	// request to its pod's (or private Service's) TLS port, with the revision's
+	// namespace in the context for the dial's SAN check; the Proxy must speak TLS.
+	InternalTLS *internaltls.Ports
 	// PassthroughLB (config-network enable-mesh-pod-addressability) sends the
 	// private service as Host with K-Passthrough-Lb, for meshes.
 	PassthroughLB bool
@@ -360,6 +365,10 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 				Service: info.Service, Configuration: info.Configuration, Revision: info.ID.Name, Namespace: info.ID.Namespace}))
 		}
 		target := proxy.Target{Dest: dest, H2C: info.H2C}
+		if h.cfg.InternalTLS != nil {
+			target.Dest = h.cfg.InternalTLS.Secure(dest)
+			pr = pr.WithContext(internaltls.WithNamespace(pr.Context(), info.ID.Namespace))
+		}
 		if h.cfg.PassthroughLB {
 			target.PassthroughHost = info.ID.Name + "-private." + info.ID.Namespace
 		}

@@ -38,11 +38,16 @@ var ErrNotSent = errors.New("request not sent: could not connect to the pod")
 type Options struct {
 	// WrapTransport, if set, wraps each shared transport once (client tracing).
 	WrapTransport func(http.RoundTripper) http.RoundTripper
+	// HTTPS sends requests as https (system-internal-tls): the Transport's two
+	// transports must then dial TLS (H2C carrying HTTP/2 over TLS), and
+	// Target.Dest name the TLS port.
+	HTTPS bool
 }
 
 // Proxy is a reverse proxy to pod addresses. It is safe for concurrent use.
 type Proxy struct {
 	h1, h2c http.RoundTripper
+	scheme  string
 	logger  *zap.SugaredLogger
 	buffers httputil.BufferPool
 }
@@ -53,7 +58,11 @@ func New(t *Transport, logger *zap.SugaredLogger, opts Options) *Proxy {
 	if opts.WrapTransport != nil {
 		h1, h2c = opts.WrapTransport(h1), opts.WrapTransport(h2c)
 	}
-	return &Proxy{h1: h1, h2c: h2c, logger: logger, buffers: &bufferPool{}}
+	scheme := "http"
+	if opts.HTTPS {
+		scheme = "https"
+	}
+	return &Proxy{h1: h1, h2c: h2c, scheme: scheme, logger: logger, buffers: &bufferPool{}}
 }
 
 // PassthroughHeader asks a mesh sidecar to deliver the request to the pod
@@ -106,7 +115,7 @@ type attempt struct {
 
 func (a *attempt) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
-	out.URL.Scheme = "http"
+	out.URL.Scheme = a.p.scheme
 	out.URL.Host = a.dest
 	// The pod sees its own address as Host; queue-proxy restores the
 	// original from K-Original-Host.
