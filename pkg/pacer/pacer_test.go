@@ -134,67 +134,81 @@ func TestWithdrawForgetFlush(t *testing.T) {
 	}
 }
 
-// The control loop: a slow start cuts the window once per round, and while
-// nothing waits the window regrows to Initial.
-func TestWindowCutOncePerRoundAndRegrows(t *testing.T) {
-	p := New(Options{Initial: 10, Min: 2, Recover: 1})
-	// Baseline: one lone start of 1 s.
-	p.Offer(t0, k(0), t0, 1)
-	p.Pod(t0.Add(time.Second), k(0), "p", t0, PodReady)
-	// A round of 10 taking 10 s (target 2×1+1 = 3 s) and one more waiting.
+// burst runs a lone start of 1 s (the baseline), then 12 wake-ups at
+// once on a window of 8 (4 wait), the first 4 ready after lat each: the
+// burst's first starts, which choose its first move.
+func burst(p *Pacer, lat time.Duration) time.Time {
+	p.Offer(t0, k(100), t0, 1)
+	p.Pod(t0.Add(time.Second), k(100), "p", t0, PodReady)
 	at := t0.Add(time.Minute)
-	for i := 1; i <= 11; i++ {
-		p.Offer(at, k(i), at, 1)
-	}
-	done := at.Add(10 * time.Second)
-	p.Tick(done)
-	p.Pod(done, k(1), "p", done, PodReady)
-	w := p.Stats(done).Window
-	if w >= 10 || w < 2 {
-		t.Fatalf("window %.1f after a slow round, want cut below 10", w)
-	}
-	// Its peers of the same round do not cut again.
-	for i := 2; i <= 10; i++ {
+	fill(p, at, 12)
+	done := at.Add(lat)
+	for i := range 4 {
 		p.Pod(done, k(i), "p", done, PodReady)
 	}
-	if got := p.Stats(done).Window; got != w {
-		t.Fatalf("window %.1f after the rest of the round, want %.1f (one cut a round)", got, w)
-	}
-	// k11 admitted; it becomes ready; nothing waits: the window regrows.
-	p.Pod(done.Add(time.Second), k(11), "p", done, PodReady)
-	for s := 2; s <= 20; s++ {
-		p.Tick(done.Add(time.Duration(s) * time.Second))
-	}
-	if got := p.Stats(done.Add(20 * time.Second)).Window; got != 10 {
-		t.Fatalf("window %.1f after 19 s idle, want back to 10", got)
+	return done
+}
+
+// The burst's first move: the speedup n×B/L of its first starts (8 pods
+// starting, a lone start 1 s) says cut below Speedup, else grow.
+func TestFirstMove(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		lat  time.Duration
+		want float64
+	}{
+		{"shared: speedup 2, cut", 4 * time.Second, 8 * DefaultCut},
+		{"parallel: speedup 5.3, grow", 1500 * time.Millisecond, 8 * DefaultGrow},
+		{"no slower than alone: speedup 8, grow", time.Second, 8 * DefaultGrow},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := New(Options{Initial: 8, Min: 2})
+			done := burst(p, c.lat)
+			if w := p.Stats(done).Window; w != c.want {
+				t.Fatalf("window %.1f, want %.1f", w, c.want)
+			}
+		})
 	}
 }
 
-// Starts that do not slow down with the starting count (an unsaturated
-// cluster) never shrink the window, whatever the count; starts that do, do.
-func TestOnlySaturationCuts(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		lat  time.Duration // of each of 25 at once; alone: 2 s
-		cut  bool
-	}{
-		{"as fast as alone", 2 * time.Second, false},
-		{"slower within the queue allowance", 2200 * time.Millisecond, false},
-		{"twice as slow", 4 * time.Second, true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			p := New(Options{Initial: 30, Queue: 4})
-			p.Offer(t0, k(0), t0, 1)
-			p.Pod(t0.Add(2*time.Second), k(0), "p", t0, PodReady)
-			at := t0.Add(time.Minute)
-			fill(p, at, 25)
-			for i := range 25 {
-				p.Pod(at.Add(c.lat), k(i), "p", at, PodReady)
-			}
-			if w := p.Stats(at).Window; (w < 30) != c.cut {
-				t.Fatalf("window %.1f, want cut: %v", w, c.cut)
-			}
-		})
+// With nothing waiting the window never moves, however slow the starts:
+// a burst the window holds is not paced, so there is nothing to learn.
+func TestNoQueueNoMove(t *testing.T) {
+	for _, lat := range []time.Duration{time.Second, 10 * time.Second, time.Minute} {
+		p := New(Options{Initial: 30})
+		p.Offer(t0, k(100), t0, 1)
+		p.Pod(t0.Add(time.Second), k(100), "p", t0, PodReady)
+		at := t0.Add(time.Minute)
+		fill(p, at, 25)
+		for i := range 25 {
+			p.Pod(at.Add(lat), k(i), "p", at, PodReady)
+		}
+		if st := p.Stats(at.Add(lat)); st.Window != 30 || st.Rate != 0 {
+			t.Fatalf("25 at once taking %v: %+v, want window 30 and no rate", lat, st)
+		}
+	}
+}
+
+// While nothing waits the window moves back to Initial by Recover pods a
+// second, from either side.
+func TestWindowReturnsToInitial(t *testing.T) {
+	for _, lat := range []time.Duration{4 * time.Second, time.Second} {
+		p := New(Options{Initial: 8, Min: 2, Recover: 1})
+		done := burst(p, lat)
+		moved := p.Stats(done).Window
+		// The rest become ready; nothing waits.
+		for i := 4; i < 12; i++ {
+			p.Pod(done, k(i), "p", done, PodReady)
+		}
+		p.Tick(done)
+		p.Tick(done.Add(time.Second))
+		if w := p.Stats(done).Window; w == moved || w == 8 {
+			t.Fatalf("window %.1f a second after %.1f, want a step toward 8", w, moved)
+		}
+		p.Tick(done.Add(10 * time.Second))
+		if w := p.Stats(done).Window; w != 8 {
+			t.Fatalf("window %.1f after 10 s idle, want back to 8", w)
+		}
 	}
 }
 
