@@ -38,10 +38,11 @@ var (
 )
 
 var (
-	descPacingWindow   = prometheus.NewDesc("thaw_autoscaler_wake_pacing_window", "Estimated pod-start capacity: pods the cluster starts at once before start latency grows.", nil, nil)
+	descPacingWindow   = prometheus.NewDesc("thaw_autoscaler_wake_pacing_window", "Estimated pod-start capacity: pods the wake-up pacer lets start at once, probed by the start rate the cluster delivers.", nil, nil)
 	descPacingStarting = prometheus.NewDesc("thaw_autoscaler_wake_pacing_starting_pods", "Pods asked for and not yet ready, as the wake-up pacer counts them.", nil, nil)
 	descPacingQueue    = prometheus.NewDesc("thaw_autoscaler_wake_pacing_queue", "Scale-ups from zero waiting for pod-start capacity.", nil, nil)
 	descPacingBaseline = prometheus.NewDesc("thaw_autoscaler_wake_pacing_baseline_seconds", "Least start latency (scale from zero to first pod ready) seen lately.", nil, nil)
+	descPacingRate     = prometheus.NewDesc("thaw_autoscaler_wake_pacing_delivered_rate", "Pods a second the cluster started over the wake-up pacer's last measured round while wake-ups waited (Little's law; 0 before any).", nil, nil)
 )
 
 // pacing holds scale-ups from zero in arrival order while the cluster is
@@ -168,7 +169,7 @@ func (pc *pacing) start(ctx context.Context, wg *sync.WaitGroup) {
 				// moves, so a paced burst can be followed in the log.
 				if st := pc.p.Stats(now); st.Queued > 0 || last.Queued > 0 || st.Window != last.Window {
 					pc.r.d.Logger.Infow("Wake pacing", "window", st.Window, "starting", st.Starting,
-						"queued", st.Queued, "baseline", st.Baseline)
+						"queued", st.Queued, "baseline", st.Baseline, "rate", st.Rate)
 					last = st
 				}
 			}
@@ -178,7 +179,7 @@ func (pc *pacing) start(ctx context.Context, wg *sync.WaitGroup) {
 
 // Describe implements prometheus.Collector.
 func (pc *pacing) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPacingWindow, descPacingStarting, descPacingQueue, descPacingBaseline} {
+	for _, d := range []*prometheus.Desc{descPacingWindow, descPacingStarting, descPacingQueue, descPacingBaseline, descPacingRate} {
 		ch <- d
 	}
 	pc.paced.Describe(ch)
@@ -191,7 +192,8 @@ func (pc *pacing) Collect(ch chan<- prometheus.Metric) {
 		d *prometheus.Desc
 		v float64
 	}{{descPacingWindow, st.Window}, {descPacingStarting, float64(st.Starting)},
-		{descPacingQueue, float64(st.Queued)}, {descPacingBaseline, st.Baseline.Seconds()}} {
+		{descPacingQueue, float64(st.Queued)}, {descPacingBaseline, st.Baseline.Seconds()},
+		{descPacingRate, st.Rate}} {
 		ch <- prometheus.MustNewConstMetric(m.d, prometheus.GaugeValue, m.v)
 	}
 	pc.paced.Collect(ch)

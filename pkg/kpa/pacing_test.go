@@ -108,8 +108,8 @@ thaw_autoscaler_wake_pacing_starting_pods 2
 		t.Error(err)
 	}
 	if n, err := testutil.GatherAndCount(reg, "thaw_autoscaler_wake_paced_seconds", "thaw_autoscaler_wake_pacing_window",
-		"thaw_autoscaler_wake_pacing_baseline_seconds"); err != nil || n != 3 {
-		t.Errorf("pacing metrics: %d, %v; want 3", n, err)
+		"thaw_autoscaler_wake_pacing_baseline_seconds", "thaw_autoscaler_wake_pacing_delivered_rate"); err != nil || n != 4 {
+		t.Errorf("pacing metrics: %d, %v; want 4", n, err)
 	}
 }
 
