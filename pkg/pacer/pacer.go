@@ -48,8 +48,10 @@
 // a hint for the first move: a round lasts about a start latency and a
 // burst of 100 a few, and under processor sharing a window change slows or
 // speeds every pod already starting, so a move made late in a burst moves
-// its median the wrong way; the hint's error is bounded by the check that
-// follows. Why grow first when in doubt: a window too small costs the
+// its median the wrong way. The hint can be wrong (B from a quieter moment
+// makes a loaded node look shared); the check that follows undoes a wrong
+// move, but only in a burst long enough for a round to end (100 at once on
+// the lab: barely). Why grow first when in doubt: a window too small costs the
 // tail of a burst, one too large only its median. A node that starts
 // pods in parallel without slowing down has a high speedup and a rate
 // that keeps rising, so its window grows with the burst.
