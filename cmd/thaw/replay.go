@@ -174,7 +174,7 @@ func (l *labFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&l.compare, "compare", false, "run with upstream's activator and autoscaler, then with Thaw's")
 	fs.BoolVar(&l.keep, "keep", false, "keep the namespaces and their services")
 	fs.BoolVar(&l.fastPath, "sim-fast-path", true, "the simulation of the cluster's run scales to zero without the grace once inactive, as upstream's KPA does with the activator in the path")
-	fs.DurationVar(&l.curveStep, "sim-cold-step", 30*time.Second, "the simulation of the cluster's run takes the cold-start time the run measured in each step of this length (0: the run's median throughout)")
+	fs.DurationVar(&l.curveStep, "sim-cold-step", 10*time.Second, "the simulation of the cluster's run takes the cold-start time the run measured in each step of this length (0: the run's median throughout)")
 	fs.StringVar(&l.reanalyze, "reanalyze", "", "compare an earlier run's files in this directory (requests.csv, replay.csv) with the simulation again, touch no cluster; give the run's trace flags")
 	fs.BoolVar(&l.dryRun, "dry-run", false, "print the plan and the simulation of the cluster's run, touch no cluster")
 	fs.DurationVar(&l.timeout, "timeout", 2*time.Minute, "bound of one request")
