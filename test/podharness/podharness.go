@@ -199,6 +199,12 @@ type PodOptions struct {
 	Delay time.Duration
 	// FullDuplex sets ENABLE_HTTP_FULL_DUPLEX on queue-proxy.
 	FullDuplex bool
+	// CertDir, if set, holds tls.crt and tls.key, which queue-proxy finds at
+	// /var/lib/knative/certs (the serving-certs Secret's mount) and so serves TLS
+	// on 8112 (system-internal-tls). The directory is put there in a mount
+	// namespace of queue-proxy's own, over a tmpfs on /var/lib: the host's
+	// file system is not touched.
+	CertDir string
 }
 
 // Pod is one running pod.
@@ -350,7 +356,14 @@ func (p *Pod) start(t testing.TB, name, bin string, env, args []string) *exec.Cm
 }
 
 func (p *Pod) startQueue(t testing.TB, port int) {
-	cmd := p.start(t, "queue-proxy", p.n.queue, p.env(port), nil)
+	bin, args := p.n.queue, []string(nil)
+	if p.opts.CertDir != "" {
+		// unshare and sh exec in place, so the PID stays queue-proxy's.
+		bin, args = "unshare", []string{"--mount", "--propagation", "private", "sh", "-c",
+			`mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/knative/certs && cp "$1"/tls.crt "$1"/tls.key /var/lib/knative/certs/ && exec "$2"`,
+			"sh", p.opts.CertDir, p.n.queue}
+	}
+	cmd := p.start(t, "queue-proxy", bin, p.env(port), args)
 	p.mu.Lock()
 	p.queue = cmd
 	p.mu.Unlock()
