@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/images"
 	"github.com/thaw-dev/thaw/pkg/lab/ksvc"
@@ -70,9 +73,51 @@ func apply(t *testing.T, yaml string) {
 
 func httpClient() *ksvc.Client { return ksvc.NewClient(lab.stack.IngressAddr(), 30*time.Second) }
 
-func TestUpTime(t *testing.T) {
+// TestLabUp checks what the rest of the suite takes for granted once the lab is up: the node is Ready and
+// every Deployment of the control plane's add-ons and of Knative Serving has all its replicas available.
+func TestLabUp(t *testing.T) {
 	needLab(t)
-	t.Logf("lab up took %s (target: < 60 s warm)", lab.upTime.Round(10*time.Millisecond))
+	t.Logf("lab up took %s", lab.upTime.Round(10*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nodes, err := lab.client.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes.Items) != 1 {
+		t.Errorf("%d nodes, want the lab's one", len(nodes.Items))
+	}
+	for _, n := range nodes.Items {
+		ready := false
+		for _, c := range n.Status.Conditions {
+			ready = ready || (c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue)
+		}
+		if !ready {
+			t.Errorf("node %s not Ready: %v", n.Name, n.Status.Conditions)
+		}
+	}
+	// Tests before this one may have just rolled a Deployment (a swap put back): give it a minute.
+	last, err := poll(time.Minute, time.Second, func(ctx context.Context) (bool, string) {
+		var short []string
+		for _, space := range []string{"kube-system", "knative-serving"} {
+			ds, err := lab.client.Kube.AppsV1().Deployments(space).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(ds.Items) == 0 {
+				short = append(short, "no Deployment in "+space)
+			}
+			for _, d := range ds.Items {
+				if want := deref32(d.Spec.Replicas); d.Status.AvailableReplicas < want {
+					short = append(short, fmt.Sprintf("%s/%s: %d of %d replicas available", space, d.Name, d.Status.AvailableReplicas, want))
+				}
+			}
+		}
+		return len(short) == 0, strings.Join(short, "; ")
+	})
+	if err != nil {
+		t.Errorf("Deployments not available: %s", last)
+	}
 }
 
 func TestKsvcReady(t *testing.T) {
