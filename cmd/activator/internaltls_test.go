@@ -255,3 +255,52 @@ func TestInternalTLSEnv(t *testing.T) {
 		})
 	}
 }
+
+// TestInternalTLSOff: with system-internal-tls off (the default), nothing
+// listens on the HTTPS port, as upstream, even with the Secret present.
+func TestInternalTLSOff(t *testing.T) {
+	ca := internaltlstest.NewCA(t, "knative-ca")
+	kube := kubefake.NewSimpleClientset(routingSecret(ca, ca.Issue(t, 1, "kn-routing", internaltls.ServerName)))
+	e, err := loadEnv(func(k string) string {
+		return map[string]string{"POD_NAME": "activator-0", "POD_IP": "10.0.0.9", "DRAIN_TIMEOUT": "0s"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.InternalTLS || e.httpsAddr != ":8112" || e.tlsPorts != internaltls.DefaultPorts {
+		t.Fatalf("defaults: InternalTLS %v, httpsAddr %q, tlsPorts %+v", e.InternalTLS, e.httpsAddr, e.tlsPorts)
+	}
+	e.ClusterDomain = "cluster.local"
+	e.http1Addr, e.h2cAddr, e.httpsAddr, e.MetricsAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	e.ProfilingPort = 0
+	e.autoscalerURL = "ws://" + freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runActivator(ctx, e, observability.Defaults(), kube, servingfake.NewSimpleClientset(), endpoints.MeshDisabled, false,
+			zaptest.NewLogger(t).Sugar(), zap.NewAtomicLevel())
+	}()
+	waitFor(t, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+e.http1Addr+"/", nil)
+		req.Header.Set("User-Agent", "kube-probe/1.36")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if c, err := net.DialTimeout("tcp", e.httpsAddr, 5*time.Second); err == nil {
+		c.Close()
+		t.Errorf("something listens on the HTTPS port %s with system-internal-tls off", e.httpsAddr)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("runActivator: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("runActivator did not return")
+	}
+}
