@@ -7,6 +7,8 @@ package activator
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -86,18 +88,27 @@ func startTLSPodPlane(t *testing.T, ca *internaltlstest.CA) *podPlane {
 		InternalTLS: &internaltls.DefaultPorts,
 		Logger:      logger,
 	})
-	s := httptest.NewServer(h)
+	// HTTP/1.1 and prior-knowledge h2c in front, so HTTP/2 requests can be sent too.
+	s := httptest.NewUnstartedServer(h)
+	s.Config.Protocols = new(http.Protocols)
+	s.Config.Protocols.SetHTTP1(true)
+	s.Config.Protocols.SetUnencryptedHTTP2(true)
+	s.Start()
 	t.Cleanup(s.Close)
 	return &podPlane{url: s.URL, kube: kube, thr: thr}
 }
 
 // TestPodInternalTLS: requests reach upstream's queue-proxy on 8112 over TLS
-// when its certificate carries the revision namespace's SAN, and are refused
-// (502, naming the SAN) when it is another namespace's.
+// (HTTP/1.1, and HTTP/2 by ALPN through to an h2c app) when its certificate
+// carries the revision namespace's SAN, and are refused (502, naming the SAN)
+// when it is another namespace's.
 func TestPodInternalTLS(t *testing.T) {
 	net := podharness.NewNetwork(t)
 	ca := internaltlstest.NewCA(t, "knative-selfsigned-ca")
-	good := net.StartPod(t, podharness.PodOptions{CertDir: certDir(t, ca, internaltls.UserSAN(podRev.Namespace), internaltls.ServerName)})
+	goodCerts := certDir(t, ca, internaltls.UserSAN(podRev.Namespace), internaltls.ServerName)
+	good := net.StartPod(t, podharness.PodOptions{CertDir: goodCerts})
+	grpcApp := net.BuildApp(t, "github.com/thaw-dev/thaw/test/apps/grpcping")
+	h2App := net.StartPod(t, podharness.PodOptions{CertDir: goodCerts, App: grpcApp})
 	impostor := net.StartPod(t, podharness.PodOptions{CertDir: certDir(t, ca, internaltls.UserSAN("other"), internaltls.ServerName)})
 	p := startTLSPodPlane(t, ca)
 
@@ -107,13 +118,41 @@ func TestPodInternalTLS(t *testing.T) {
 			t.Fatalf("request %d over TLS: %d %q\n%s", i, code, body, good.Logs())
 		}
 	}
-
 	if !strings.Contains(good.Logs(), "Starting tls server main") {
 		t.Fatalf("queue-proxy did not serve TLS:\n%s", good.Logs())
 	}
 
-	p.setPods(t, impostor)
+	// HTTP/2 end to end: client → activator (h2c) → queue-proxy (h2 over TLS) → app (h2c).
+	p.setPods(t, h2App)
+	h2Protocols := new(http.Protocols)
+	h2Protocols.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Protocols: h2Protocols}}
 	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// A gRPC health check (an empty message, framed): the app answers it
+		// as gRPC only if it arrived over HTTP/2, i.e. queue-proxy got HTTP/2 too.
+		req, _ := http.NewRequest(http.MethodPost, p.url+"/grpc.health.v1.Health/Check", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("TE", "trailers")
+		req.Header.Set(proxy.RevisionHeader, podRev.Name)
+		req.Header.Set(proxy.NamespaceHeader, podRev.Namespace)
+		resp, err := h2c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 && resp.Header.Get("Content-Type") == "application/grpc" && resp.Trailer.Get("Grpc-Status") == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTP/2 over TLS: %d %s %q\n%s", resp.StatusCode, resp.Proto, b, h2App.Logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	p.setPods(t, impostor)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		code, body := p.get(t, "")
 		if code == 502 && strings.Contains(body, `lack "kn-user-default"`) {
