@@ -75,7 +75,7 @@ bench:
 bench-core:
 	mkdir -p $(BIN)
 	set -o pipefail; $(GO) test -tags upstreambench -run='^$$' -bench=. -benchmem -count=6 \
-	  ./perf/core ./pkg/throttler | tee $(BIN)/bench.txt
+	  ./perf/core ./pkg/activator/throttler | tee $(BIN)/bench.txt
 	sed -e 's#^BenchmarkThawTry/#BenchmarkTry/impl=thaw/#' \
 	  -e 's#^BenchmarkUpstreamThrottlerTry/#BenchmarkTry/impl=upstream/#' \
 	  $(BIN)/bench.txt > $(BIN)/bench-impl.txt

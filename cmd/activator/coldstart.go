@@ -4,9 +4,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
-	"github.com/thaw-dev/thaw/pkg/throttler"
 )
 
 // podReadyTap sits between the endpoints manager and the throttler and

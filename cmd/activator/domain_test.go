@@ -3,7 +3,7 @@ package main
 import (
 	"testing"
 
-	"github.com/thaw-dev/thaw/pkg/statsink"
+	"github.com/thaw-dev/thaw/pkg/activator/statsink"
 )
 
 // The autoscaler's address is built on the cluster's domain: CLUSTER_DOMAIN when set (run resolves

@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
 

@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
-	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
 

@@ -12,7 +12,7 @@ import (
 	knativetls "knative.dev/pkg/network/tls"
 
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
-	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 )
 
 // internalTLS is what system-internal-tls adds to the activator: the

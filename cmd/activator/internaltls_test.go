@@ -25,9 +25,9 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls/internaltlstest"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/observability"
 )
 

@@ -30,15 +30,15 @@ import (
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/statsink"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/concurrency"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/observability"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/statsink"
-	"github.com/thaw-dev/thaw/pkg/throttler"
 )
 
 const component = "activator"

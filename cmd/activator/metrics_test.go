@@ -19,10 +19,10 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/statsink"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/concurrency"
 	"github.com/thaw-dev/thaw/pkg/observability"
-	"github.com/thaw-dev/thaw/pkg/statsink"
 )
 
 // namesRegisterer records the family names of what is registered with it.

@@ -21,8 +21,8 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
 	"github.com/thaw-dev/thaw/pkg/observability"
 	"github.com/thaw-dev/thaw/pkg/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"

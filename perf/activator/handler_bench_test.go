@@ -12,10 +12,10 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/thaw-dev/thaw/pkg/activator"
-	"github.com/thaw-dev/thaw/pkg/concurrency"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 )
 
 // BenchmarkHandler measures one request through the activator's handler

@@ -17,9 +17,9 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/thaw-dev/thaw/internal/testutil"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/concurrency"
-	"github.com/thaw-dev/thaw/pkg/throttler"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

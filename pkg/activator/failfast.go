@@ -3,7 +3,7 @@ package activator
 import (
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/thaw-dev/thaw/pkg/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
 )
 
 // Waiters is what FailIfCannotStart needs of the Throttler.

@@ -19,9 +19,9 @@ import (
 	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
 	"github.com/thaw-dev/thaw/internal/testutil"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 )
 
 // recordingWaiters records FailWaiting calls.

@@ -17,10 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/thaw-dev/thaw/pkg/concurrency"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap/zaptest"
 	"k8s.io/utils/clock"
 
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 )
 
 // realActivator serves the handler chain with the real throttler and proxy.

@@ -22,12 +22,12 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/clock"
 
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls/internaltlstest"
-	"github.com/thaw-dev/thaw/pkg/endpoints"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/test/podharness"
 )
 

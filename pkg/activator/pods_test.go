@@ -24,10 +24,10 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/clock"
 
-	"github.com/thaw-dev/thaw/pkg/endpoints"
-	"github.com/thaw-dev/thaw/pkg/proxy"
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/test/podharness"
 )
 

@@ -11,9 +11,9 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/thaw-dev/thaw/pkg/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/activator/statsink"
 	"github.com/thaw-dev/thaw/pkg/statserver"
-	"github.com/thaw-dev/thaw/pkg/statsink"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

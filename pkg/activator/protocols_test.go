@@ -22,7 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 )
 
 // activatorServer serves the real handler chain with the real proxy on

@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/thaw-dev/thaw/internal/testutil"
-	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

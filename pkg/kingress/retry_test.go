@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"

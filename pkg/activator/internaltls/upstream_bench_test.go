@@ -29,7 +29,7 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls"
 	"github.com/thaw-dev/thaw/pkg/activator/internaltls/internaltlstest"
-	"github.com/thaw-dev/thaw/pkg/proxy"
+	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 )
 
 type benchSides struct {

@@ -17,7 +17,7 @@ import (
 	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/thaw-dev/thaw/pkg/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
 )
 
 // Labels the SKS controller puts on the revision services and their Endpoints.

@@ -17,8 +17,8 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/thaw-dev/thaw/pkg/revisions"
-	"github.com/thaw-dev/thaw/pkg/throttler"
+	"github.com/thaw-dev/thaw/pkg/activator/revisions"
+	"github.com/thaw-dev/thaw/pkg/activator/throttler"
 	"github.com/thaw-dev/thaw/test/podharness"
 )
 

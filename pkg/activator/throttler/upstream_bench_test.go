@@ -2,7 +2,7 @@
 
 // Side-by-side with upstream's activator Throttler in the same run:
 //
-//	go test -tags upstreambench -run XXX -bench . ./pkg/throttler
+//	go test -tags upstreambench -run XXX -bench . ./pkg/activator/throttler
 //
 // Kept behind a tag because upstream's Throttler needs fake informers and
 // clientsets, which make the test binary much slower to build.
