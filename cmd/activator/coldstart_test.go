@@ -24,9 +24,9 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
 	"github.com/thaw-dev/thaw/pkg/activator/throttler"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/observability"
-	"github.com/thaw-dev/thaw/pkg/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

@@ -22,9 +22,9 @@ import (
 	servingfake "knative.dev/serving/pkg/client/clientset/versioned/fake"
 
 	"github.com/thaw-dev/thaw/pkg/activator/endpoints"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/observability"
-	"github.com/thaw-dev/thaw/pkg/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

@@ -1,5 +1,5 @@
 // Command autoscaler is Thaw's drop-in for Knative Serving's autoscaler: flags, environment, API
-// clients and the logger, wired into pkg/lifecycle, which runs the process (stat server, buckets,
+// clients and the logger, wired into pkg/autoscaler/lifecycle, which runs the process (stat server, buckets,
 // forwarding between replicas, informers, reconcilers).
 package main
 
@@ -25,8 +25,8 @@ import (
 	pkglogging "knative.dev/pkg/logging"
 	servingclientset "knative.dev/serving/pkg/client/clientset/versioned"
 
+	"github.com/thaw-dev/thaw/pkg/autoscaler/lifecycle"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
-	"github.com/thaw-dev/thaw/pkg/lifecycle"
 	"github.com/thaw-dev/thaw/pkg/observability"
 )
 

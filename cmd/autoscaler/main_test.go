@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	fakekube "k8s.io/client-go/kubernetes/fake"
 
-	"github.com/thaw-dev/thaw/pkg/lifecycle"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/lifecycle"
 )
 
 const sysNS = "knative-serving"

@@ -11,12 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 	"github.com/thaw-dev/thaw/pkg/experiment/coldstart/runner"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/trace"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/images"

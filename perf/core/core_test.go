@@ -23,10 +23,10 @@ import (
 	"knative.dev/serving/pkg/autoscaler/metrics"
 	"knative.dev/serving/pkg/autoscaler/scaling"
 
-	"github.com/thaw-dev/thaw/pkg/collector"
-	"github.com/thaw-dev/thaw/pkg/decider"
-	"github.com/thaw-dev/thaw/pkg/multiscaler"
-	"github.com/thaw-dev/thaw/pkg/window"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/collector"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/decider"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/multiscaler"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/window"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
 	"github.com/thaw-dev/thaw/pkg/activator/statsink"
-	"github.com/thaw-dev/thaw/pkg/statserver"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

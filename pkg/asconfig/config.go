@@ -75,7 +75,7 @@ const (
 	KeyMaxScaleLimit                        = "max-scale-limit"
 
 	// KeyThawWakePacing is Thaw's own: "on" (the default) paces scale-ups
-	// from zero to the cluster's pod-start capacity (pkg/pacer), "off"
+	// from zero to the cluster's pod-start capacity (pkg/autoscaler/pacer), "off"
 	// scales every revision from zero at once, as upstream. Upstream's
 	// autoscaler ignores the key.
 	KeyThawWakePacing = "thaw-wake-pacing"

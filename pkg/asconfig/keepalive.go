@@ -5,8 +5,8 @@ import (
 	"strings"
 )
 
-// Thaw's learned keep-alive / pre-warm policy (pkg/keepalive, applied by
-// pkg/kpa) is off unless asked for. It is asked for cluster-wide by the
+// Thaw's learned keep-alive / pre-warm policy (pkg/autoscaler/keepalive, applied by
+// pkg/autoscaler/kpa) is off unless asked for. It is asked for cluster-wide by the
 // config-autoscaler key KeyThawKeepAlive, or per revision by the annotation
 // KeepAliveAnnotationKey on the Revision (copied to its PodAutoscaler), which
 // wins over the key. Upstream's autoscaler ignores both: the key is not one

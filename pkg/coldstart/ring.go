@@ -20,7 +20,7 @@ type ScaleRecord struct {
 	ScaleWritten time.Time `json:"scaleWritten"`
 	DesiredScale int32     `json:"desiredScale"`
 	// PacedSeconds is how long the scale from zero waited for the
-	// cluster's pod-start capacity (pkg/pacer) between the decision and
+	// cluster's pod-start capacity (pkg/autoscaler/pacer) between the decision and
 	// the patch; absent when it did not wait.
 	PacedSeconds float64 `json:"pacedSeconds,omitempty"`
 }

@@ -14,7 +14,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/thaw-dev/thaw/pkg/statserver"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 

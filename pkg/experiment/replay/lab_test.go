@@ -21,10 +21,10 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/thaw-dev/thaw/internal/testutil"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/trace"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

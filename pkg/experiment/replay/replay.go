@@ -16,10 +16,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/trace"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
 )
 
 // DefaultPolicies are the baselines and Thaw's policy.

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
 )
 
 func TestParsePolicies(t *testing.T) {

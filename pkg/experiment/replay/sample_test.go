@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/report"
 	"github.com/thaw-dev/thaw/pkg/experiment/replay/sim"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
 )
 
 // sampleDir is the shared Azure Functions 2019 sample: THAW_TRACE_SAMPLE, or

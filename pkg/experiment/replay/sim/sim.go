@@ -1,8 +1,8 @@
 // Package sim replays one function's requests against Thaw's scaling code on
-// a simulated clock: the per-second concurrency windows (pkg/window), the KPA
-// decider (pkg/decider), upstream's scale-to-zero rules (stable window, grace
+// a simulated clock: the per-second concurrency windows (pkg/autoscaler/window), the KPA
+// decider (pkg/autoscaler/decider), upstream's scale-to-zero rules (stable window, grace
 // period, pod retention), and for the learned policy the keep-alive histogram
-// (pkg/keepalive). Pods take a fixed cold-start time to become ready.
+// (pkg/autoscaler/keepalive). Pods take a fixed cold-start time to become ready.
 //
 // The model: a pod serves any number of requests at once (containerConcurrency
 // 0, upstream's default); a request that finds no ready pod waits for the
@@ -24,9 +24,9 @@ import (
 	"time"
 
 	"github.com/thaw-dev/thaw/pkg/asconfig"
-	"github.com/thaw-dev/thaw/pkg/decider"
-	"github.com/thaw-dev/thaw/pkg/keepalive"
-	"github.com/thaw-dev/thaw/pkg/window"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/decider"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/window"
 )
 
 // TickInterval is how often the multiscaler decides a revision.

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/thaw-dev/thaw/pkg/keepalive"
+	"github.com/thaw-dev/thaw/pkg/autoscaler/keepalive"
 )
 
 // listWorkload replays fixed requests.
