@@ -12,8 +12,8 @@ import (
 	"go.uber.org/zap"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/thaw-dev/thaw/pkg/kingress"
 	"github.com/thaw-dev/thaw/pkg/lab/demo"
+	"github.com/thaw-dev/thaw/pkg/lab/kingress"
 	"github.com/thaw-dev/thaw/pkg/lab/stack"
 	"github.com/thaw-dev/thaw/pkg/lab/swap"
 )

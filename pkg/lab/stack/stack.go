@@ -13,10 +13,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/thaw-dev/thaw/pkg/kingress"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/cluster"
 	"github.com/thaw-dev/thaw/pkg/lab/images"
+	"github.com/thaw-dev/thaw/pkg/lab/kingress"
 	"github.com/thaw-dev/thaw/pkg/lab/knative"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/proc"
