@@ -16,10 +16,15 @@ const Timeout = 10 * time.Second
 // by other goroutines or processes; time-driven behaviour uses a fake clock.
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
+	eventuallyWithin(t, Timeout, what, cond)
+}
+
+func eventuallyWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", Timeout, what)
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(time.Millisecond)
 	}
