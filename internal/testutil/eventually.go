@@ -2,7 +2,6 @@
 package testutil
 
 import (
-	"os"
 	"testing"
 	"time"
 )
@@ -28,14 +27,4 @@ func eventuallyWithin(t testing.TB, timeout time.Duration, what string, cond fun
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// SkipOutsideCI skips t on a developer's machine that lacks what it needs (built tools, the module
-// cache); under CI, where every tier must run, it fails instead.
-func SkipOutsideCI(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("cannot run under CI: "+format, args...)
-	}
-	t.Skipf(format, args...)
 }
