@@ -208,15 +208,15 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 
 	transport := proxy.NewTransport(e.MaxIdleProxyConns, e.MaxIdleProxyConnsPerHost)
 	popts := proxy.Options{}
-	hcfg := activator.Config{}
+	icfg := activator.InstrumentConfig{Clock: clk}
 	if tracing != nil {
 		popts.WrapTransport = tracing.WrapTransport
-		hcfg.TracerProvider, hcfg.Propagator = tracing.Provider, tracing.Propagator
+		icfg.TracerProvider, icfg.Propagator = tracing.Provider, tracing.Propagator
 	}
 	// Requests to pods are measured as upstream's otelhttp transport measures them, nearest the wire.
 	clientMetrics := observability.NewHTTPClientMetrics(reg)
 	popts.WrapTransport = measured(clientMetrics, popts.WrapTransport)
-	hcfg.LabelProxied = true
+	icfg.LabelProxied = true
 	flt := newFaults(e.FaultInjection, clk, reg, logger)
 	popts.WrapTransport = flt.podTransport(popts.WrapTransport)
 	var itls *internalTLS
@@ -238,7 +238,7 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	thr := throttler.New(e.PodIP, throttler.Options{QueueDepth: e.QueueDepth, TotalQueueDepth: e.TotalQueueDepth}, clk, logger.Named("throttler"))
 	metrics := activator.NewMetrics(reg)
 	coldStarts := coldstart.NewTracker(coldstart.TrackerOptions{Routable: thr.Routable, Clock: clk, Registerer: reg,
-		TracerProvider: hcfg.TracerProvider})
+		TracerProvider: icfg.TracerProvider})
 	store := revisions.NewStore(serving, 0, logger.Named("revisions"))
 	store.OnUpsert(func(i *revisions.Info) {
 		thr.UpsertRevision(i.ID, throttler.RevisionConfig{ContainerConcurrency: i.ContainerConcurrency, QueueDepth: e.QueueDepth})
@@ -308,25 +308,26 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	}
 
 	ds := &drainState{}
-	hcfg.Throttler = thr
-	hcfg.Revisions = store
-	hcfg.Proxy = px
-	hcfg.IsNotSent = func(err error) bool { return errors.Is(err, proxy.ErrNotSent) }
-	hcfg.Reporter = reporter
-	hcfg.Health = ds.Health
-	hcfg.ClusterDomain = e.ClusterDomain
-	hcfg.Clock = clk
-	hcfg.Metrics = metrics
-	hcfg.QueueDepth = e.QueueDepth
-	hcfg.PassthroughLB = passthrough
-	if itls != nil {
-		hcfg.InternalTLS = &e.tlsPorts
+	acfg := activator.Config{
+		Throttler:     thr,
+		Proxy:         px,
+		IsNotSent:     func(err error) bool { return errors.Is(err, proxy.ErrNotSent) },
+		Reporter:      reporter,
+		QueueDepth:    e.QueueDepth,
+		PassthroughLB: passthrough,
+		Routable:      thr.Routable, // fail fast for revisions that cannot start
+		Clock:         clk,
+		Logger:        logger,
 	}
-	hcfg.RequestLog = requestLog
-	hcfg.ColdStarts = coldStarts
-	hcfg.Routable = thr.Routable // fail fast for revisions that cannot start
-	hcfg.Logger = logger
-	handler := activator.NewHandler(hcfg)
+	if itls != nil {
+		acfg.InternalTLS = &e.tlsPorts
+	}
+	icfg.Metrics, icfg.RequestLog, icfg.ColdStarts = metrics, requestLog, coldStarts
+	// Outermost first, as upstream layers its handlers: probes (draining fails kubelet's), the
+	// revision lookup, the instrumentation that measures what activation does, activation.
+	handler := activator.Probes(ds.Health,
+		activator.LookupRevision(store, e.ClusterDomain, logger,
+			activator.Instrument(icfg, activator.NewHandler(acfg))))
 
 	servers := []namedServer{
 		{name: "http1", srv: dataServer(e.http1Addr, handler)},

@@ -141,14 +141,17 @@ func TestActivatorOverhead(t *testing.T) {
 	thr.UpsertRevision(rev, throttler.RevisionConfig{})
 	thr.UpdateBackends(rev, throttler.Backends{Dests: []string{backend}})
 	tr := proxy.NewTransport(1000, 100)
-	h := activator.NewHandler(activator.Config{
+	// The chain as cmd/activator builds it.
+	act := activator.NewHandler(activator.Config{
 		Throttler: thr,
-		Revisions: revs{&revisions.Info{ID: rev, Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second}},
 		Proxy:     proxy.New(tr, logger, proxy.Options{}),
 		IsNotSent: func(error) bool { return false },
 		Reporter:  concurrency.New("perf", nopSink{}, clock.RealClock{}, nil),
 		Logger:    logger,
 	})
+	h := activator.Probes(nil, activator.LookupRevision(
+		revs{&revisions.Info{ID: rev, Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second}},
+		"", logger, activator.Instrument(activator.InstrumentConfig{}, act)))
 	thaw := httptest.NewServer(h)
 	defer thaw.Close()
 

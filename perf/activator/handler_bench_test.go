@@ -28,14 +28,17 @@ func BenchmarkHandler(b *testing.B) {
 	thr := throttler.New("10.0.0.1", throttler.Options{}, clock.RealClock{}, logger)
 	thr.UpsertRevision(rev, throttler.RevisionConfig{})
 	thr.UpdateBackends(rev, throttler.Backends{Dests: []string{dest}})
-	h := activator.NewHandler(activator.Config{
+	// The chain as cmd/activator builds it.
+	act := activator.NewHandler(activator.Config{
 		Throttler: thr,
-		Revisions: revs{&revisions.Info{ID: rev, Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second}},
 		Proxy:     proxy.New(proxy.NewTransport(1000, 100), logger, proxy.Options{}),
 		IsNotSent: func(error) bool { return false },
 		Reporter:  concurrency.New("perf", nopSink{}, clock.RealClock{}, nil),
 		Logger:    logger,
 	})
+	h := activator.Probes(nil, activator.LookupRevision(
+		revs{&revisions.Info{ID: rev, Timeout: 300 * time.Second, ResponseStartTimeout: 300 * time.Second}},
+		"", logger, activator.Instrument(activator.InstrumentConfig{}, act)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -43,7 +43,7 @@ func TestColdStartTiming(t *testing.T) {
 		io.WriteString(w, "ok")
 		return nil
 	})
-	h := newTestHandler(t, thr, px, func(c *Config) {
+	h := newTestHandler(t, thr, px, func(c *testConfig) {
 		c.Reporter = concurrency.New("act-0", sink, clk, nil)
 		c.ColdStarts = tr
 		c.Clock = clk
@@ -130,7 +130,7 @@ func TestColdStartEndsWithFailedRequest(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Unix(1e9, 0))
 	reg := prometheus.NewRegistry()
 	tr := coldstart.NewTracker(coldstart.TrackerOptions{Routable: func(types.NamespacedName) bool { return false }, Clock: clk, Registerer: reg})
-	h := newTestHandler(t, &fakeThrottler{err: throttler.ErrQueueFull}, okProxy, func(c *Config) { c.ColdStarts = tr; c.Clock = clk })
+	h := newTestHandler(t, &fakeThrottler{err: throttler.ErrQueueFull}, okProxy, func(c *testConfig) { c.ColdStarts = tr; c.Clock = clk })
 	req := revRequest(http.MethodGet)
 	req.Header.Set(coldstart.RequestHeader, "1")
 	rec := httptest.NewRecorder()
@@ -181,11 +181,11 @@ func BenchmarkWarmRequest(b *testing.B) {
 		tracker, want bool
 	}{{"no tracker", false, false}, {"tracker", true, false}, {"tracker opt-in", true, true}} {
 		b.Run(c.name, func(b *testing.B) {
-			cfg := Config{Throttler: thr, Revisions: fakeRevisions{testRev: testInfo()}, Proxy: px, Logger: zap.NewNop().Sugar()}
+			cfg := testConfig{Config: Config{Throttler: thr, Proxy: px, Logger: zap.NewNop().Sugar()}, Revisions: fakeRevisions{testRev: testInfo()}}
 			if c.tracker {
 				cfg.ColdStarts = coldstart.NewTracker(coldstart.TrackerOptions{Routable: thr.Routable})
 			}
-			h := NewHandler(cfg)
+			h := newChain(cfg)
 			req := revRequest(http.MethodGet)
 			b.ReportAllocs()
 			for b.Loop() {

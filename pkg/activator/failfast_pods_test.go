@@ -107,8 +107,8 @@ func TestFailFastFromPodReasons(t *testing.T) {
 	}
 	tr := proxy.NewTransport(10, 10)
 	defer tr.CloseIdleConnections()
-	h := NewHandler(Config{Throttler: thr, Revisions: store, Proxy: proxy.New(tr, logger, proxy.Options{}),
-		Routable: thr.Routable, Clock: clk, Logger: logger})
+	h := newChain(testConfig{Config: Config{Throttler: thr, Proxy: proxy.New(tr, logger, proxy.Options{}),
+		Routable: thr.Routable, Logger: logger}, Revisions: store, Clock: clk})
 	act := httptest.NewServer(h)
 	defer act.Close()
 	// Requests still held when the test fails end first, or Close would wait for them.

@@ -42,7 +42,7 @@ func TestFailFast(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			info := testInfo()
 			info.CannotStart = tc.cannotStart
-			h := newTestHandler(t, &fakeThrottler{dests: []string{"10.0.0.1:8012"}}, okProxy, func(c *Config) {
+			h := newTestHandler(t, &fakeThrottler{dests: []string{"10.0.0.1:8012"}}, okProxy, func(c *testConfig) {
 				c.Revisions = fakeRevisions{testRev: info}
 				c.Routable = tc.routable
 			})
@@ -75,8 +75,8 @@ func TestFailFastBuffered(t *testing.T) {
 	var current atomic.Pointer[revisions.Info]
 	current.Store(testInfo())
 	setInfo := current.Store
-	h := NewHandler(Config{Throttler: thr, Revisions: switchingRevisions{current.Load}, Proxy: proxy.New(tr, logger, proxy.Options{}),
-		Routable: thr.Routable, Logger: logger})
+	h := newChain(testConfig{Config: Config{Throttler: thr, Proxy: proxy.New(tr, logger, proxy.Options{}),
+		Routable: thr.Routable, Logger: logger}, Revisions: switchingRevisions{current.Load}})
 	act := httptest.NewServer(h)
 	defer act.Close()
 

@@ -44,8 +44,8 @@ func TestPodFairQueue(t *testing.T) {
 	for i, r := range hot {
 		thr.UpdateBackends(r, throttler.Backends{Dests: []string{hotPods[i].Dest()}})
 	}
-	h := NewHandler(Config{Throttler: thr, Revisions: revs, Proxy: proxy.New(tr, logger.Named("proxy"), proxy.Options{}),
-		IsNotSent: func(err error) bool { return errors.Is(err, proxy.ErrNotSent) }, QueueDepth: 1000, Logger: logger})
+	h := newChain(testConfig{Config: Config{Throttler: thr, Proxy: proxy.New(tr, logger.Named("proxy"), proxy.Options{}),
+		IsNotSent: func(err error) bool { return errors.Is(err, proxy.ErrNotSent) }, QueueDepth: 1000, Logger: logger}, Revisions: revs})
 	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	get := func(rev types.NamespacedName, query string) int {

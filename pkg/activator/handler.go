@@ -1,7 +1,7 @@
-// Package activator is the activator's HTTP data plane: kubelet and network
-// probes, revision lookup, concurrency reporting, revision timeouts, and the
-// activation step that waits for capacity in the throttler and proxies the
-// request to a pod.
+// Package activator is the activator's HTTP data plane, layered as upstream's: Probes answers kubelet
+// and network probes, LookupRevision finds the request's revision, Instrument measures the request
+// (metrics, request log, tracing, cold-start timing) and the handler of NewHandler activates it:
+// concurrency reporting, revision timeouts, waiting for capacity in the throttler and proxying to a pod.
 package activator
 
 import (
@@ -14,11 +14,6 @@ import (
 	"strconv"
 	"strings"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -28,8 +23,6 @@ import (
 	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 	"github.com/thaw-dev/thaw/pkg/activator/revisions"
 	"github.com/thaw-dev/thaw/pkg/activator/throttler"
-	"github.com/thaw-dev/thaw/pkg/coldstart"
-	"github.com/thaw-dev/thaw/pkg/observability"
 )
 
 // Probe headers and values (wire contract with kubelet, ingress and autoscaler).
@@ -86,18 +79,115 @@ type Proxier interface {
 	Serve(w http.ResponseWriter, r *http.Request, t proxy.Target) error
 }
 
-// Config wires the handler. Throttler, Revisions, Proxy and Logger are required.
+// IsKubeletProbe reports whether r is a kubelet probe.
+func IsKubeletProbe(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("User-Agent"), KubeProbeUAPrefix) || r.Header.Get(KubeletProbeHeader) != ""
+}
+
+// Probes answers kubelet probes on any path (readiness and liveness: 500 with health's error once it
+// returns one, i.e. while draining; nil health: always healthy) and network probes, and hands every
+// other request to next. Readiness deliberately ignores the autoscaler connection (#6529).
+func Probes(health func() error, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if IsKubeletProbe(r) {
+			if health != nil {
+				if err := health(); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+			}
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		switch v := r.Header.Get(NetworkProbeHeader); v {
+		case "":
+			r.Header.Del(NetworkHashHeader)
+		case NetworkProbeValue:
+			hash := r.Header.Get(NetworkHashHeader)
+			if hash == "" {
+				http.Error(w, fmt.Sprintf("a probe request must contain a non-empty %q header", NetworkHashHeader), http.StatusBadRequest)
+				return
+			}
+			w.Header().Set(NetworkHashHeader, hash)
+			w.WriteHeader(http.StatusOK)
+			return
+		case Name:
+			io.WriteString(w, Name)
+			return
+		default:
+			http.Error(w, fmt.Sprintf("unexpected probe header value: %q", html.EscapeString(v)), http.StatusBadRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requestState is what the layers below LookupRevision share about one request, carried in its
+// context: one value, so the chain adds one context and request copy per request, not one per layer.
+type requestState struct {
+	info *revisions.Info
+	// obs is the instrumentation's view of the request; its zero value (not instrumented) does nothing.
+	obs observation
+}
+
+type stateKey struct{}
+
+// stateContext is a request's context carrying its requestState, allocated as one object. Done, Err
+// and the cancellation context.WithCancel looks up come from the embedded parent, so deriving from it
+// costs what deriving from the parent does.
+type stateContext struct {
+	context.Context
+	st requestState
+}
+
+func (c *stateContext) Value(key any) any {
+	if key == (stateKey{}) {
+		return &c.st
+	}
+	return c.Context.Value(key)
+}
+
+func stateFrom(ctx context.Context) *requestState {
+	s, _ := ctx.Value(stateKey{}).(*requestState)
+	return s
+}
+
+// LookupRevision finds the request's revision (Knative-Serving-Revision/-Namespace headers, or the
+// Host under clusterDomain, default cluster.local) and passes it to next in the request's context;
+// an unknown revision gets 404, a failed lookup 500.
+func LookupRevision(revs RevisionGetter, clusterDomain string, logger *zap.SugaredLogger, next http.Handler) http.Handler {
+	if clusterDomain == "" {
+		clusterDomain = "cluster.local"
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := revisions.FromRequest(r, clusterDomain)
+		var info *revisions.Info
+		if err == nil {
+			info, err = revs.Get(id.Namespace, id.Name)
+		}
+		if err != nil {
+			msg := "Error getting active endpoint: " + err.Error()
+			if errors.Is(err, revisions.ErrNotFound) {
+				logger.Debugw("Unknown revision", "revision", id.String(), zap.Error(err))
+				http.Error(w, msg, http.StatusNotFound)
+				return
+			}
+			logger.Errorw("Error getting revision", "revision", id.String(), zap.Error(err))
+			http.Error(w, msg, http.StatusInternalServerError)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(&stateContext{Context: r.Context(), st: requestState{info: info}}))
+	})
+}
+
+// Config is what activation needs. Throttler, Proxy and Logger are required.
 type Config struct {
 	Throttler Throttler
-	Revisions RevisionGetter
 	Proxy     Proxier
 	// IsNotSent classifies a Proxy error as never having reached the pod.
 	IsNotSent func(error) bool
 	// Reporter counts requests per revision; nil disables reporting.
 	Reporter *concurrency.Reporter
-	// Health returns an error once the activator drains; nil: always healthy.
-	// Readiness deliberately ignores the autoscaler connection (#6529).
-	Health func() error
 	// InternalTLS, if set (config-network system-internal-tls), sends each
 	// request to its pod's (or private Service's) TLS port, with the revision's
 	// namespace in the context for the dial's SAN check; the Proxy must speak TLS.
@@ -106,206 +196,58 @@ type Config struct {
 	// private service as Host with K-Passthrough-Lb, for meshes.
 	PassthroughLB bool
 	// QueueDepth bounds each revision's waiting requests; 0: the throttler's default.
-	QueueDepth    int
-	ClusterDomain string
-	Clock         clock.Clock
-	Metrics       *Metrics
-	// RequestLog, if set, logs each proxied request from its template.
-	RequestLog *RequestLogger
+	QueueDepth int
 	// Routable, if set, enables failing fast: a request for a revision whose Info says it cannot start
 	// (revisions.Info.CannotStart) and that has no routable pod here gets 503 with the reason and
 	// Retry-After at once, instead of waiting for its timeout. The request is still counted, so the
 	// autoscaler keeps trying to start the revision and requests recover as soon as it can.
 	Routable func(types.NamespacedName) bool
-	// ColdStarts, if set, times the requests that arrive while their
-	// revision has no routable pod, and answers coldstart.RequestHeader.
-	ColdStarts *coldstart.Tracker
-	// LabelProxied puts the revision's labels in each proxied request's context
-	// (observability.WithRevisionLabels), for the client metrics of the proxy's transport.
-	LabelProxied bool
-	// TracerProvider and Propagator enable tracing when non-nil.
-	TracerProvider trace.TracerProvider
-	Propagator     propagation.TextMapPropagator
-	Logger         *zap.SugaredLogger
+	// Clock runs the revision timeouts; nil: the real clock.
+	Clock  clock.Clock
+	Logger *zap.SugaredLogger
 }
 
-// NewHandler builds the handler chain, outermost first: kubelet probes,
-// network probes, revision lookup, then the request handler (tracing span,
-// metrics, concurrency reporting, timeouts, throttling, proxying).
+// NewHandler returns the activation handler: concurrency reporting, timeouts, throttling and
+// proxying of a request whose revision LookupRevision found (one without gets 500).
 func NewHandler(cfg Config) http.Handler {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(nil)
-	}
-	if cfg.ClusterDomain == "" {
-		cfg.ClusterDomain = "cluster.local"
-	}
 	if cfg.IsNotSent == nil {
 		cfg.IsNotSent = func(error) bool { return false }
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = noop.NewTracerProvider()
-	}
-	return &handler{cfg: cfg, tracer: tp.Tracer("knative.dev/serving/pkg/activator")}
+	return &handler{cfg: cfg}
 }
 
 type handler struct {
-	cfg    Config
-	tracer trace.Tracer
-}
-
-// IsKubeletProbe reports whether r is a kubelet probe.
-func IsKubeletProbe(r *http.Request) bool {
-	return strings.HasPrefix(r.Header.Get("User-Agent"), KubeProbeUAPrefix) || r.Header.Get(KubeletProbeHeader) != ""
+	cfg Config
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Kubelet probes on any path: readiness and liveness.
-	if IsKubeletProbe(r) {
-		if h.cfg.Health != nil {
-			if err := h.cfg.Health(); err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusOK)
+	st := stateFrom(r.Context())
+	if st == nil {
+		// A wiring mistake, not a client's: say so once per request rather than crash.
+		h.cfg.Logger.Error("Activation handler reached without a revision: LookupRevision must come first")
+		http.Error(w, "no revision for the request", http.StatusInternalServerError)
 		return
 	}
-	// Network probes.
-	switch v := r.Header.Get(NetworkProbeHeader); v {
-	case "":
-		r.Header.Del(NetworkHashHeader)
-	case NetworkProbeValue:
-		hash := r.Header.Get(NetworkHashHeader)
-		if hash == "" {
-			http.Error(w, fmt.Sprintf("a probe request must contain a non-empty %q header", NetworkHashHeader), http.StatusBadRequest)
-			return
-		}
-		w.Header().Set(NetworkHashHeader, hash)
-		w.WriteHeader(http.StatusOK)
-		return
-	case Name:
-		io.WriteString(w, Name)
-		return
-	default:
-		http.Error(w, fmt.Sprintf("unexpected probe header value: %q", html.EscapeString(v)), http.StatusBadRequest)
-		return
-	}
-
-	// Revision lookup.
-	id, err := revisions.FromRequest(r, h.cfg.ClusterDomain)
-	var info *revisions.Info
-	if err == nil {
-		info, err = h.cfg.Revisions.Get(id.Namespace, id.Name)
-	}
-	if err != nil {
-		msg := "Error getting active endpoint: " + err.Error()
-		if errors.Is(err, revisions.ErrNotFound) {
-			h.cfg.Logger.Debugw("Unknown revision", "revision", id.String(), zap.Error(err))
-			http.Error(w, msg, http.StatusNotFound)
-			return
-		}
-		h.cfg.Logger.Errorw("Error getting revision", "revision", id.String(), zap.Error(err))
-		http.Error(w, msg, http.StatusInternalServerError)
-		return
-	}
-	h.serveRevision(w, r, info)
-}
-
-func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *revisions.Info) {
-	start := h.cfg.Clock.Now()
-	ctx := r.Context()
-	var span trace.Span
-	if h.cfg.TracerProvider != nil {
-		if h.cfg.Propagator != nil {
-			ctx = h.cfg.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
-		}
-		ctx, span = h.tracer.Start(ctx, "handle", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-			attribute.String("http.request.method", r.Method),
-			attribute.String("url.path", r.URL.Path),
-			attribute.String("kn.service.name", info.Service),
-			attribute.String("kn.configuration.name", info.Configuration),
-			attribute.String("kn.revision.name", info.ID.Name),
-			attribute.String("k8s.namespace.name", info.ID.Namespace),
-		))
-		r = r.WithContext(ctx)
-	}
+	info := st.info
 	if info.FullDuplex {
 		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
 			h.cfg.Logger.Debugw("Unable to enable full duplex", zap.Error(err))
 		}
 	}
-
-	// The opt-in header is ours: the pod never sees it. Read straight from
-	// the map (the name is canonical) to keep the warm path cheap.
-	_, timing := r.Header[coldstart.RequestHeader]
-	if timing {
-		timing = r.Header.Get(coldstart.RequestHeader) != ""
-		r.Header.Del(coldstart.RequestHeader)
-	}
-	// Before the reporter sees the request, so its poke cannot be written
-	// before the cold start is open.
-	var cold *coldstart.Request
-	if h.cfg.ColdStarts != nil {
-		cold = h.cfg.ColdStarts.Arrive(ctx, info.ID)
-		defer cold.End()
-	}
-	if timing && cold == nil {
-		w.Header().Set(coldstart.ResponseHeader, coldstart.Warm)
-	}
-
-	var status, size int
-	defer func() {
-		// Deferred so an aborted response (panic) is still counted.
-		code := status
-		if code == 0 {
-			code = http.StatusOK
-		}
-		latency := h.cfg.Clock.Since(start).Seconds()
-		// Not for a revision deleted meanwhile: the observation would bring its series back for good.
-		if info.Hold() {
-			scheme, host, port := serverLabels(r)
-			lv := []string{methodLabel(r.Method), strconv.Itoa(code), "http", protoVersion(r),
-				scheme, host, port, info.Service, info.Configuration, info.ID.Name, info.ID.Namespace}
-			h.cfg.Metrics.duration.WithLabelValues(lv...).Observe(latency)
-			// The request body's declared length (otelhttp counts what is read; the same but for
-			// chunked uploads, which count 0 here).
-			h.cfg.Metrics.reqSize.WithLabelValues(lv...).Observe(float64(max(r.ContentLength, 0)))
-			h.cfg.Metrics.respSize.WithLabelValues(lv...).Observe(float64(size))
-			info.Release()
-		}
-		if h.cfg.RequestLog.enabled() {
-			h.cfg.RequestLog.write(&RequestLogInput{
-				Request:  r,
-				Response: &RequestLogResponse{Code: code, Size: size, Latency: latency},
-				Revision: &RequestLogRevision{Name: info.ID.Name, Namespace: info.ID.Namespace,
-					Service: info.Service, Configuration: info.Configuration},
-				TraceID: traceID(r.Header),
-			})
-		}
-		if span != nil {
-			span.SetAttributes(attribute.Int("http.response.status_code", code))
-			if code >= 500 {
-				span.SetStatus(codes.Error, http.StatusText(code))
-			}
-			span.End()
-		}
-	}()
-
 	// Counted from arrival to completion, queue time included.
 	if h.cfg.Reporter != nil {
 		tok := h.cfg.Reporter.Begin(info.ID, concurrency.Labels{Service: info.Service, Configuration: info.Configuration})
 		defer tok.End()
 	}
-
 	to := Timeouts{Total: info.Timeout, ResponseStart: info.ResponseStartTimeout, Idle: info.IdleTimeout}
-	var abort bool
-	status, size, abort = serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
-		h.activate(w, r, info, cold, timing)
+	status, size, abort := serveWithTimeouts(w, r, to, h.cfg.Clock, func(w http.ResponseWriter, r *http.Request) {
+		h.activate(w, r, st)
 	})
+	// Before a panic: the instrumentation above still counts an aborted response.
+	st.obs.done(status, size)
 	if abort {
 		panic(http.ErrAbortHandler)
 	}
@@ -313,57 +255,38 @@ func (h *handler) serveRevision(w http.ResponseWriter, r *http.Request, info *re
 
 // activate waits for capacity and proxies. A panic in the proxy (an aborted
 // response copy) is re-raised only after Try returned, so the throttler
-// always gets its capacity back. A cold request's writer marks its first
-// byte (and sets the timing header if asked).
-func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisions.Info, cold *coldstart.Request, timing bool) {
+// always gets its capacity back.
+func (h *handler) activate(w http.ResponseWriter, r *http.Request, st *requestState) {
+	info, obs := st.info, &st.obs
 	rev := info.ID
-	// The revision's throttler entry and gauges are made only while it is live: once its deletion is
-	// handled, a request that looked it up just before must not bring them back for good.
+	// The revision's throttler entry is made only while it is live: once its deletion is handled, a
+	// request that looked it up just before must not bring it back for good.
 	if !info.Hold() {
 		h.writeTryError(w, r, rev, throttler.ErrRevisionDeleted)
 		return
 	}
-	queued := h.cfg.Metrics.queued.WithLabelValues(rev.Namespace, rev.Name)
-	active := h.cfg.Metrics.active.WithLabelValues(rev.Namespace, rev.Name)
 	h.cfg.Throttler.UpsertRevision(rev, throttler.RevisionConfig{ContainerConcurrency: info.ContainerConcurrency, QueueDepth: h.cfg.QueueDepth})
 	info.Release()
 	if info.CannotStart != "" && h.cfg.Routable != nil && !h.cfg.Routable(rev) {
 		h.writeTryError(w, r, rev, &CannotStartError{Revision: rev, Reason: info.CannotStart})
 		return
 	}
-	queued.Inc()
+	tryCtx := obs.queued(r.Context())
 	dequeued := false
-
-	tracing := h.cfg.TracerProvider != nil
-	tryCtx, trySpan := r.Context(), trace.SpanFromContext(context.Background())
-	if tracing {
-		tryCtx, trySpan = h.tracer.Start(r.Context(), "throttler_try")
-	}
 	var panicked any
 	err := h.cfg.Throttler.Try(tryCtx, rev, func(dest string) (err error) {
 		if !dequeued {
 			dequeued = true
-			queued.Dec()
-			trySpan.End()
+			obs.dequeued(nil)
 		}
-		active.Inc()
-		defer active.Dec()
+		pw, pr, span := obs.proxying(w, r, dest)
+		defer obs.proxied(span)
 		defer func() {
 			if p := recover(); p != nil {
 				panicked = p
 				err = nil
 			}
 		}()
-		pr := r
-		if tracing {
-			proxyCtx, proxySpan := h.tracer.Start(r.Context(), "activator_proxy", trace.WithAttributes(attribute.String("dest", dest)))
-			defer proxySpan.End()
-			pr = r.WithContext(proxyCtx)
-		}
-		if h.cfg.LabelProxied {
-			pr = pr.WithContext(observability.WithRevisionLabels(pr.Context(), observability.RevisionLabels{
-				Service: info.Service, Configuration: info.Configuration, Revision: info.ID.Name, Namespace: info.ID.Namespace}))
-		}
 		target := proxy.Target{Dest: dest, H2C: info.H2C}
 		if h.cfg.InternalTLS != nil {
 			target.Dest = h.cfg.InternalTLS.Secure(dest)
@@ -371,10 +294,6 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 		}
 		if h.cfg.PassthroughLB {
 			target.PassthroughHost = info.ID.Name + "-private." + info.ID.Namespace
-		}
-		pw := w
-		if cold != nil {
-			pw = cold.Writer(w, dest, timing)
 		}
 		if err := h.cfg.Proxy.Serve(pw, pr, target); err != nil {
 			if h.cfg.IsNotSent(err) {
@@ -385,17 +304,13 @@ func (h *handler) activate(w http.ResponseWriter, r *http.Request, info *revisio
 		return nil
 	})
 	if !dequeued {
-		queued.Dec()
+		obs.dequeued(err)
 	}
 	if panicked != nil {
 		panic(panicked)
 	}
 	if err == nil {
 		return
-	}
-	if !dequeued {
-		trySpan.SetStatus(codes.Error, err.Error())
-		trySpan.End()
 	}
 	h.writeTryError(w, r, rev, err)
 }

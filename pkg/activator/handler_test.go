@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
@@ -83,19 +84,41 @@ func testInfo() *revisions.Info {
 		Service: "svc", Configuration: "cfg"}
 }
 
-func newTestHandler(t *testing.T, th Throttler, p Proxier, mod func(*Config)) http.Handler {
+// testConfig is everything the handler chain takes, for tests that set a few fields of any layer.
+// Its Clock runs both the activation's timeouts and the instrumentation's durations.
+type testConfig struct {
+	Config
+	InstrumentConfig
+	Revisions     RevisionGetter
+	ClusterDomain string
+	Health        func() error
+	Clock         clock.Clock
+}
+
+// newChain is the chain as cmd/activator builds it: probes, revision lookup, instrumentation, activation.
+func newChain(tc testConfig) http.Handler {
+	if tc.Clock != nil {
+		tc.Config.Clock, tc.InstrumentConfig.Clock = tc.Clock, tc.Clock
+	}
+	return Probes(tc.Health, LookupRevision(tc.Revisions, tc.ClusterDomain, tc.Logger,
+		Instrument(tc.InstrumentConfig, NewHandler(tc.Config))))
+}
+
+func newTestHandler(t *testing.T, th Throttler, p Proxier, mod func(*testConfig)) http.Handler {
 	t.Helper()
-	cfg := Config{
-		Throttler: th,
+	cfg := testConfig{
+		Config: Config{
+			Throttler: th,
+			Proxy:     p,
+			IsNotSent: func(err error) bool { return errors.Is(err, proxy.ErrNotSent) },
+			Logger:    zaptest.NewLogger(t).Sugar(),
+		},
 		Revisions: fakeRevisions{testRev: testInfo()},
-		Proxy:     p,
-		IsNotSent: func(err error) bool { return errors.Is(err, proxy.ErrNotSent) },
-		Logger:    zaptest.NewLogger(t).Sugar(),
 	}
 	if mod != nil {
 		mod(&cfg)
 	}
-	return NewHandler(cfg)
+	return newChain(cfg)
 }
 
 func revRequest(method string) *http.Request {
@@ -132,7 +155,7 @@ func TestProbes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			th := &fakeThrottler{dests: []string{"pod"}}
-			h := newTestHandler(t, th, okProxy, func(c *Config) {
+			h := newTestHandler(t, th, okProxy, func(c *testConfig) {
 				c.Health = func() error { return tc.health }
 			})
 			// Any path, no revision headers.
@@ -300,7 +323,7 @@ func TestTimeouts(t *testing.T) {
 			th := &fakeThrottler{dests: []string{"pod"}, block: tc.queued, started: make(chan struct{})}
 			info := testInfo()
 			info.Timeout, info.ResponseStartTimeout, info.IdleTimeout = tc.timeouts.Total, tc.timeouts.ResponseStart, tc.timeouts.Idle
-			h := newTestHandler(t, th, p, func(c *Config) {
+			h := newTestHandler(t, th, p, func(c *testConfig) {
 				c.Clock = clk
 				c.Revisions = fakeRevisions{testRev: info}
 			})
@@ -340,7 +363,7 @@ func TestReporterCountsQueuedRequestsAndPokes(t *testing.T) {
 	sink := &pokeSink{pokes: make(chan wire.StatMessage, 1)}
 	rep := concurrency.New("act-0", sink, clk, nil)
 	th := &fakeThrottler{block: true, started: make(chan struct{})}
-	h := newTestHandler(t, th, okProxy, func(c *Config) { c.Reporter = rep })
+	h := newTestHandler(t, th, okProxy, func(c *testConfig) { c.Reporter = rep })
 	ctx, cancel := context.WithCancel(context.Background())
 	res := serveAsync(h, revRequest(http.MethodGet).WithContext(ctx))
 	<-th.started
@@ -372,7 +395,7 @@ func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	th := &fakeThrottler{block: true, started: make(chan struct{})}
-	h := newTestHandler(t, th, okProxy, func(c *Config) { c.Metrics = m })
+	h := newTestHandler(t, th, okProxy, func(c *testConfig) { c.Metrics = m })
 	ctx, cancel := context.WithCancel(context.Background())
 	res := serveAsync(h, revRequest(http.MethodGet).WithContext(ctx))
 	<-th.started
@@ -390,7 +413,7 @@ func TestMetrics(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusTeapot)
 		return nil
-	}), func(c *Config) { c.Metrics = m })
+	}), func(c *testConfig) { c.Metrics = m })
 	h2.ServeHTTP(httptest.NewRecorder(), revRequest(http.MethodPost))
 	mfs, _ := reg.Gather()
 	found := false
@@ -459,5 +482,31 @@ func TestServerLabelsValidUTF8(t *testing.T) {
 		if host != tc.wantHost || port != tc.wantPort {
 			t.Errorf("serverLabels(Host %q) = %q, %q, want %q, %q", tc.host, host, port, tc.wantHost, tc.wantPort)
 		}
+	}
+}
+
+// TestActivationWithoutLookup: a chain wired without LookupRevision answers 500 with a clear body
+// (and Instrument passes such a request through unmeasured) instead of crashing.
+func TestActivationWithoutLookup(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	for _, tc := range []struct {
+		name string
+		h    http.Handler
+	}{
+		{"activation alone", NewHandler(Config{Throttler: &fakeThrottler{}, Proxy: okProxy, Logger: zaptest.NewLogger(t).Sugar()})},
+		{"instrumented", Instrument(InstrumentConfig{Metrics: m},
+			NewHandler(Config{Throttler: &fakeThrottler{}, Proxy: okProxy, Logger: zaptest.NewLogger(t).Sugar()}))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			tc.h.ServeHTTP(rec, revRequest(http.MethodGet))
+			if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "no revision") {
+				t.Fatalf("got %d %q, want 500 naming the missing revision", rec.Code, rec.Body)
+			}
+		})
+	}
+	if mfs, err := reg.Gather(); err != nil || len(mfs) != 0 {
+		t.Fatalf("%d metric families (%v) for requests that were not instrumented, want none", len(mfs), err)
 	}
 }

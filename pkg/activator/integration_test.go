@@ -26,14 +26,13 @@ func realActivator(t *testing.T, cc, queueDepth int) (*httptest.Server, *throttl
 	t.Cleanup(tr.CloseIdleConnections)
 	info := testInfo()
 	info.ContainerConcurrency = cc
-	h := NewHandler(Config{
+	h := newChain(testConfig{Config: Config{
 		Throttler:  thr,
-		Revisions:  fakeRevisions{testRev: info},
 		Proxy:      proxy.New(tr, logger, proxy.Options{}),
 		IsNotSent:  func(err error) bool { return false },
 		QueueDepth: queueDepth,
 		Logger:     logger,
-	})
+	}, Revisions: fakeRevisions{testRev: info}})
 	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	return s, thr

@@ -80,14 +80,13 @@ func startTLSPodPlane(t *testing.T, ca *internaltlstest.CA) *podPlane {
 		fn(info)
 	}
 	thr.UpsertRevision(podRev, throttler.RevisionConfig{})
-	h := NewHandler(Config{
+	h := newChain(testConfig{Config: Config{
 		Throttler:   thr,
-		Revisions:   revs,
 		Proxy:       proxy.New(secure, logger.Named("proxy"), proxy.Options{HTTPS: true}),
 		IsNotSent:   func(err error) bool { return errors.Is(err, proxy.ErrNotSent) },
 		InternalTLS: &internaltls.DefaultPorts,
 		Logger:      logger,
-	})
+	}, Revisions: revs})
 	// HTTP/1.1 and prior-knowledge h2c in front, so HTTP/2 requests can be sent too.
 	s := httptest.NewUnstartedServer(h)
 	s.Config.Protocols = new(http.Protocols)

@@ -84,14 +84,13 @@ func startPodPlane(t *testing.T, cc, queueDepth int) *podPlane {
 	}
 	thr.UpsertRevision(podRev, throttler.RevisionConfig{ContainerConcurrency: cc, QueueDepth: queueDepth})
 
-	h := NewHandler(Config{
+	h := newChain(testConfig{Config: Config{
 		Throttler:  thr,
-		Revisions:  revs,
 		Proxy:      proxy.New(tr, logger.Named("proxy"), proxy.Options{}),
 		IsNotSent:  func(err error) bool { return errors.Is(err, proxy.ErrNotSent) },
 		QueueDepth: queueDepth,
 		Logger:     logger,
-	})
+	}, Revisions: revs})
 	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	return &podPlane{url: s.URL, kube: kube, thr: thr}

@@ -56,7 +56,7 @@ func TestPokeReachesRealStatServer(t *testing.T) {
 
 	// The request waits in the throttler (scale from zero).
 	th := &fakeThrottler{block: true, started: make(chan struct{})}
-	h := newTestHandler(t, th, okProxy, func(c *Config) { c.Reporter = rep })
+	h := newTestHandler(t, th, okProxy, func(c *testConfig) { c.Reporter = rep })
 	reqCtx, reqCancel := context.WithCancel(context.Background())
 	defer reqCancel()
 	start := time.Now()

@@ -27,7 +27,7 @@ import (
 
 // activatorServer serves the real handler chain with the real proxy on
 // loopback, speaking HTTP/1.1 and h2c like :8012.
-func activatorServer(t *testing.T, dests []string, mod func(*Config)) (*httptest.Server, *fakeThrottler, *proxy.Transport) {
+func activatorServer(t *testing.T, dests []string, mod func(*testConfig)) (*httptest.Server, *fakeThrottler, *proxy.Transport) {
 	t.Helper()
 	tr := proxy.NewTransport(100, 10)
 	t.Cleanup(tr.CloseIdleConnections)
@@ -156,7 +156,7 @@ func TestWebsocketThroughActivator(t *testing.T) {
 			c.WriteMessage(mt, append([]byte("echo:"), m...))
 		}
 	}))
-	act, _, _ := activatorServer(t, []string{addr(backend)}, func(c *Config) {
+	act, _, _ := activatorServer(t, []string{addr(backend)}, func(c *testConfig) {
 		info := testInfo()
 		info.IdleTimeout = 300 * time.Millisecond // must not apply once the connection is upgraded
 		c.Revisions = fakeRevisions{testRev: info}
@@ -200,7 +200,7 @@ func TestFullDuplexHTTP1(t *testing.T) {
 			rc.Flush()
 		}
 	}))
-	act, _, _ := activatorServer(t, []string{addr(backend)}, func(c *Config) {
+	act, _, _ := activatorServer(t, []string{addr(backend)}, func(c *testConfig) {
 		info := testInfo()
 		info.FullDuplex = true
 		c.Revisions = fakeRevisions{testRev: info}

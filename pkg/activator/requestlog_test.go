@@ -10,7 +10,7 @@ import (
 func TestRequestLog(t *testing.T) {
 	var out bytes.Buffer
 	rl := NewRequestLogger(&out)
-	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, okProxy, func(c *Config) { c.RequestLog = rl })
+	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, okProxy, func(c *testConfig) { c.RequestLog = rl })
 
 	// Off by default.
 	h.ServeHTTP(httptest.NewRecorder(), revRequest(http.MethodGet))

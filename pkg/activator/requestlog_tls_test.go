@@ -16,7 +16,7 @@ import (
 func TestRequestLogTLS(t *testing.T) {
 	var out bytes.Buffer
 	rl := NewRequestLogger(&out)
-	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, okProxy, func(c *Config) { c.RequestLog = rl })
+	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, okProxy, func(c *testConfig) { c.RequestLog = rl })
 	if err := rl.SetTemplate("TLS: {{.Request.TLS}}"); err != nil {
 		t.Fatal(err)
 	}

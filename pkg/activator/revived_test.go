@@ -102,7 +102,8 @@ func TestDeletedRevisionStaysDeleted(t *testing.T) {
 			}
 			thr.UpdateBackends(testRev, throttler.Backends{Dests: []string{"10.0.0.9:8012"}})
 			p := blockingProxy{entered: make(chan struct{}), release: make(chan struct{})}
-			h := NewHandler(Config{Throttler: thr, Revisions: staleRevisions{info}, Proxy: p, Metrics: metrics, Logger: logger})
+			h := newChain(testConfig{Config: Config{Throttler: thr, Proxy: p, Logger: logger},
+				InstrumentConfig: InstrumentConfig{Metrics: metrics}, Revisions: staleRevisions{info}})
 			deleteRev := func() {
 				if err := client.ServingV1().Revisions(testRev.Namespace).Delete(ctx, testRev.Name, metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)

@@ -23,7 +23,7 @@ func TestTracingSpansAndPropagation(t *testing.T) {
 		io.WriteString(w, "ok")
 		return nil
 	})
-	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, p, func(c *Config) {
+	h := newTestHandler(t, &fakeThrottler{dests: []string{"pod"}}, p, func(c *testConfig) {
 		c.TracerProvider, c.Propagator = tp, prop
 	})
 
