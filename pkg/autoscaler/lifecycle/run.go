@@ -239,6 +239,14 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	if err != nil {
 		return fmt.Errorf("stat server: %w", err)
 	}
+	// HTTPS on the metrics port exactly when upstream's would serve it; an invalid METRICS_PROMETHEUS_TLS_*
+	// stops the start, as upstream's. Peers then cannot seed from this replica's windows over plain HTTP
+	// and start empty, as upstream's replicas always do.
+	metricsTLS, err := observability.MetricsTLSFromEnv(a.startObservability(ctx).MetricsProtocol, os.Getenv)
+	if err != nil {
+		statsLn.Close()
+		return fmt.Errorf("metrics server: %w", err)
+	}
 	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		statsLn.Close()
@@ -261,7 +269,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	mux.Handle("/metrics", observability.MetricsHandler(reg, id))
 	mux.Handle("/debug/coldstarts", a.cold.Ring())
 	mux.HandleFunc(windowsPath, a.serveWindows)
-	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, TLSConfig: metricsTLS}
 	var profSrv *http.Server
 	if profLn != nil {
 		profSrv = observability.NewProfilingServer(cfg.ProfilingAddr, prof)
@@ -277,7 +285,7 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 		})
 	}
 	serve("stat server", func() error { return ss.Serve(statsLn) })
-	serve("metrics server", func() error { return metricsSrv.Serve(metricsLn) })
+	serve("metrics server", func() error { return observability.ServeMetrics(metricsSrv, metricsLn) })
 	if profSrv != nil {
 		serve("profiling server", func() error { return profSrv.Serve(profLn) })
 	}
@@ -432,21 +440,26 @@ func (a *app) resyncAll() {
 // tracing builds OpenTelemetry tracing from config-observability as it is at start (as the activator
 // does; a change needs a restart). nil: off.
 func (a *app) tracing(ctx context.Context) *observability.Tracing {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	oc := observability.Defaults()
-	if cm, err := a.deps.Kube.CoreV1().ConfigMaps(a.cfg.Namespace).Get(cctx, a.cfg.ObservabilityName, metav1.GetOptions{}); err == nil {
-		if c, err := observability.NewConfigFromMap(cm.Data); err == nil {
-			oc = c
-		}
-	}
-	t, err := observability.NewTracing(ctx, oc, observability.Identity{Service: Component, PodName: a.cfg.PodName,
+	t, err := observability.NewTracing(ctx, a.startObservability(ctx), observability.Identity{Service: Component, PodName: a.cfg.PodName,
 		Namespace: a.cfg.Namespace}, os.Stdout)
 	if err != nil {
 		a.logger.Errorw("Tracing disabled", zap.Error(err))
 		return nil
 	}
 	return t
+}
+
+// startObservability is config-observability as it is now, or the defaults when it cannot be read or is
+// invalid: what upstream's process reads once at start.
+func (a *app) startObservability(ctx context.Context) *observability.Config {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if cm, err := a.deps.Kube.CoreV1().ConfigMaps(a.cfg.Namespace).Get(cctx, a.cfg.ObservabilityName, metav1.GetOptions{}); err == nil {
+		if c, err := observability.NewConfigFromMap(cm.Data); err == nil {
+			return c
+		}
+	}
+	return observability.Defaults()
 }
 
 // watchUntil starts a live watch of one ConfigMap; the watch lasts until watchCtx ends, but waiting for
