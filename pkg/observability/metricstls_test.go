@@ -34,7 +34,7 @@ type pki struct {
 	client, strangerClient    tls.Certificate
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	p := &pki{dir: t.TempDir(), roots: x509.NewCertPool()}
 	ca, caKey := selfSigned(t, "metrics CA")
@@ -59,7 +59,7 @@ func newPKI(t *testing.T) *pki {
 	return p
 }
 
-func (p *pki) write(t *testing.T, name string, b []byte) string {
+func (p *pki) write(t testing.TB, name string, b []byte) string {
 	t.Helper()
 	f := filepath.Join(p.dir, name)
 	if err := os.WriteFile(f, b, 0o600); err != nil {
@@ -70,7 +70,7 @@ func (p *pki) write(t *testing.T, name string, b []byte) string {
 
 var serial int64
 
-func selfSigned(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
+func selfSigned(t testing.TB, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -91,7 +91,7 @@ func selfSigned(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) 
 	return c, key
 }
 
-func issue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
+func issue(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -116,7 +116,7 @@ func pemCert(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
-func pemKey(t *testing.T, k *ecdsa.PrivateKey) []byte {
+func pemKey(t testing.TB, k *ecdsa.PrivateKey) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {

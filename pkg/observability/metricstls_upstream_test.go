@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,4 +100,38 @@ func TestMetricsTLSMatchesUpstream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzMetricsTLSEnv: whatever the TLS environment holds, Thaw refuses to start exactly where
+// knative.dev/pkg's NewServer does (with a loadable certificate, the only thing upstream checks later),
+// and never panics.
+func FuzzMetricsTLSEnv(f *testing.F) {
+	f.Add(uint8(1), "", "", "", "", "", uint8(0))
+	f.Add(uint8(1), "1.2", "1.3", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ,", "X25519,P-256", " Require ", uint8(1))
+	f.Add(uint8(0), "1.0", "", "nope", "", "none", uint8(4))
+	f.Add(uint8(2), "", "", "", "", "optional", uint8(2))
+	f.Add(uint8(1), "", "", "", "X448", "always", uint8(3))
+	p := newPKI(f)
+	f.Fuzz(func(t *testing.T, pair uint8, minV, maxV, ciphers, curves, auth string, ca uint8) {
+		for _, v := range []string{minV, maxV, ciphers, curves, auth} {
+			if strings.ContainsRune(v, 0) {
+				t.Skip("an environment value cannot hold NUL")
+			}
+		}
+		env := map[string]string{EnvMetricsTLSMinVersion: minV, EnvMetricsTLSMaxVersion: maxV,
+			EnvMetricsTLSCiphers: ciphers, EnvMetricsTLSCurves: curves, EnvMetricsTLSClientAuth: auth,
+			EnvMetricsTLSClientCAFile: []string{"", "$CA", "$EMPTY", "$MISSING", " "}[ca%5]}
+		switch pair % 3 {
+		case 1:
+			env[EnvMetricsTLSCert], env[EnvMetricsTLSKey] = "$CERT", "$KEY"
+		case 2:
+			env[EnvMetricsTLSCert] = "$CERT"
+		}
+		setEnv(t, env, p)
+		_, upErr := upstreamprom.NewServer(upstreamprom.WithHost("127.0.0.1"), upstreamprom.WithPort("9090"))
+		_, thawErr := MetricsTLSFromEnv(ProtocolPrometheus, os.Getenv)
+		if (upErr == nil) != (thawErr == nil) {
+			t.Fatalf("%v: upstream %v, Thaw %v", env, upErr, thawErr)
+		}
+	})
 }
