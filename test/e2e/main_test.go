@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 	"github.com/thaw-dev/thaw/pkg/lab/host"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
@@ -38,8 +39,7 @@ var lab struct {
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped: the lab needs root")
-		os.Exit(0)
+		os.Exit(testutil.MainCannotRun("e2e", "the lab needs root"))
 	}
 	os.Exit(run(m))
 }
@@ -57,10 +57,14 @@ func run(m *testing.M) int {
 		fmt.Println("e2e:", err)
 		return 1
 	}
-	// The host comparison needs the state before any lab: tear down one that is running or was left
-	// behind.
+	// The host comparison needs the state before any lab: tear down one left behind, refuse one in use.
 	if old := stack.OpenExisting(ctx, stack.Options{Cache: cache, Repo: repo}); old.Lab.Active() {
-		fmt.Println("e2e: tearing down the lab that is already there")
+		if !old.Lab.Stale() {
+			// Its daemons run: someone is using it. The suite tears down only a lab left behind.
+			fmt.Println("e2e: a lab is up and running (someone else's run?): stop it with `thaw lab down` first")
+			return 1
+		}
+		fmt.Println("e2e: tearing down the lab left behind")
 		if err := old.Down(ctx); err != nil {
 			fmt.Println("e2e: teardown of the old lab:", err)
 		}
