@@ -8,6 +8,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/lab/kube"
 	"github.com/thaw-dev/thaw/pkg/lab/labtest"
 )
@@ -27,8 +28,7 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if os.Geteuid() != 0 {
-		fmt.Println("test/upstream: skipped: the lab needs root")
-		os.Exit(0)
+		os.Exit(testutil.MainCannotRun("test/upstream", "the lab needs root"))
 	}
 	os.Exit(run(m))
 }
