@@ -25,12 +25,10 @@ import (
 // missing fails them.
 func needNetAdmin(t *testing.T) {
 	t.Helper()
-	if os.Getenv("THAW_QUEUE_PROXY") == "" && os.Getenv("CI") == "" {
+	if os.Getenv("THAW_QUEUE_PROXY") == "" && !testutil.InCI() {
 		t.Skip("pod-level test (network namespaces, iptables, NFQUEUE): runs in make test-pod, as root")
 	}
-	if os.Geteuid() != 0 {
-		testutil.SkipOutsideCI(t, "needs root (network namespaces, iptables, NFQUEUE)")
-	}
+	testutil.NeedRoot(t, "network namespaces, iptables, NFQUEUE")
 	for _, tool := range []string{"ip", "iptables", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			testutil.SkipOutsideCI(t, "%s is not installed", tool)
