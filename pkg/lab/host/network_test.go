@@ -6,16 +6,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 // TestNetworkRoundTrip creates a bridge of its own (root only) and checks that teardown plus sysctl
 // restore leave the host snapshot unchanged.
 func TestNetworkRoundTrip(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t, "a bridge, routes and sysctls")
 	if _, err := os.Stat("/usr/sbin/ip"); err != nil {
-		t.Skip("no ip command")
+		testutil.SkipOutsideCI(t, "no ip command")
 	}
 	ctx := context.Background()
 	n := Network{Bridge: "thawtest0", BridgeCIDR: "10.199.0.1/16", ServiceCIDR: "10.198.0.0/16"}

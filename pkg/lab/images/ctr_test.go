@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/lab/build"
 )
 
@@ -18,18 +19,16 @@ import (
 // NRI plugins off, for the test's lifetime. It skips unless root and containerd is built.
 func startContainerd(t *testing.T) (ctrPath, address string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testutil.NeedRoot(t, "containerd")
 	cache, err := build.DefaultCacheDir()
 	if err != nil {
-		t.Skip(err)
+		testutil.SkipOutsideCI(t, "%v", err)
 	}
 	bin := filepath.Join(cache, "containerd-"+build.ContainerdVersion, "bin")
 	containerd, ctr := filepath.Join(bin, "containerd"), filepath.Join(bin, "ctr")
 	for _, f := range []string{containerd, ctr} {
 		if _, err := os.Stat(f); err != nil {
-			t.Skipf("containerd not built: %v", err)
+			testutil.SkipOutsideCI(t, "containerd not built (thaw lab up builds it): %v", err)
 		}
 	}
 	// containerd always creates its default state directory (shim sockets and fifos are hard-wired
