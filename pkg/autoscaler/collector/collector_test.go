@@ -257,14 +257,7 @@ func TestScrapeLoop(t *testing.T) {
 	}
 	tick := func() {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !clk.HasWaiters() {
-			if time.Now().After(deadline) {
-				t.Fatal("scrape loop never waited on its ticker")
-			}
-			time.Sleep(time.Millisecond)
-		}
-		clk.Step(ScrapeInterval)
+		testutil.StepWhenWaiting(t, clk, ScrapeInterval)
 	}
 
 	fs.set(wire.Stat{AverageConcurrentRequests: 7, RequestCount: 3}, nil)

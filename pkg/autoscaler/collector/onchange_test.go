@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktest "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
@@ -78,9 +79,7 @@ func TestOnChangeComparesErrorText(t *testing.T) {
 	if err := c.CreateOrUpdate(key, Config{StableWindow: time.Minute, PanicWindow: 6 * time.Second, ScrapeTarget: "rev-private"}); err != nil {
 		t.Fatal(err)
 	}
-	for !clk.HasWaiters() { // the loop's ticker exists
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, "the scrape loop's ticker", clk.HasWaiters)
 	// feed lets the scrape loop run one scrape with result f and returns
 	// the callbacks counted before that scrape started.
 	feed := func(f func() error) int32 {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktest "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/collector"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/decider"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
@@ -104,14 +105,7 @@ func startWith(t *testing.T, mod func(*Options)) *harness {
 // step advances the fake clock once the scheduler is waiting on its timer.
 func (h *harness) step(d time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !h.clk.HasWaiters() {
-		if time.Now().After(deadline) {
-			h.t.Fatal("scheduler never waited")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	h.clk.Step(d)
+	testutil.StepWhenWaiting(h.t, h.clk, d)
 }
 
 func (h *harness) expectRead() time.Time {
@@ -410,10 +404,7 @@ func TestPokeNeverBlocks(t *testing.T) {
 	s := spec
 	s.TargetBurstCapacity = 0
 	ms.Create(key, s, Labels{})
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
-	}
-	clk.Step(2 * time.Second)
+	testutil.StepWhenWaiting(t, clk, 2*time.Second)
 	<-informed // the scheduler is now blocked in Inform; desired is 0
 	start := time.Now()
 	for range 10000 {

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/collector"
 )
 
@@ -25,15 +26,9 @@ func TestWithCollector(t *testing.T) {
 	if _, _, err := c.StableAndPanicConcurrency(k, e.clock.Now()); !errors.Is(err, collector.ErrNoData) {
 		t.Fatalf("before a scrape: err = %v, want ErrNoData", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.clock.HasWaiters() {
-		if time.Now().After(deadline) {
-			t.Fatal("scrape loop never waited on its ticker")
-		}
-		time.Sleep(time.Millisecond)
-	}
 	// One tick: exactly one scrape lands in this second's bucket.
-	e.clock.Step(time.Second)
+	testutil.StepWhenWaiting(t, e.clock, time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if st, _, err := c.StableAndPanicConcurrency(k, e.clock.Now()); err == nil {
 			if st != 8 {
