@@ -13,6 +13,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	netstats "knative.dev/networking/pkg/http/stats"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
@@ -175,10 +176,7 @@ func TestRunReportsEverySecond(t *testing.T) {
 
 	r.Begin(revA, Labels{Service: "svc", Configuration: "cfg"})
 	r.Begin(revA, Labels{})
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
-	}
-	clk.Step(time.Second)
+	testutil.StepWhenWaiting(t, clk, time.Second)
 	b := <-sink.batches
 	if len(b) != 1 || b[0].Stat.AverageConcurrentRequests != 1 || b[0].Stat.RequestCount != 1 {
 		t.Fatalf("batch = %+v, want conc 2-1, count 2-1", b)

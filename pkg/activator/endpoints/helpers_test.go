@@ -278,14 +278,7 @@ func (e *env) deleteEndpoints(ns, name string) {
 // step advances the fake clock once a ticker or timer waits on it.
 func (e *env) step(d time.Duration) {
 	e.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !e.clock.HasWaiters() {
-		if time.Now().After(deadline) {
-			e.t.Fatal("nothing waits on the clock")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	e.clock.Step(d)
+	testutil.StepWhenWaiting(e.t, e.clock, d)
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

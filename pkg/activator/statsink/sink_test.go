@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
@@ -63,20 +64,16 @@ func (s *statServer) next(t *testing.T) wire.StatMessage {
 	}
 }
 
-// eventually polls cond (a network condition) for up to 10 s, stepping the
-// fake clock so that backoff waits elapse.
+// eventually polls cond (a network condition) until testutil.Timeout,
+// stepping the fake clock whenever the sink waits on it so that backoff
+// waits elapse.
 func eventually(t *testing.T, clk *clocktesting.FakeClock, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met")
-		}
-		if clk != nil {
-			clk.Step(100 * time.Millisecond)
-		}
-		time.Sleep(time.Millisecond)
+	if clk == nil {
+		testutil.Eventually(t, "condition", cond)
+		return
 	}
+	testutil.StepUntil(t, clk, 100*time.Millisecond, cond)
 }
 
 func msg(name string, conc float64) wire.StatMessage {
@@ -158,8 +155,7 @@ func TestDisconnectedKeepsPokesDropsBatches(t *testing.T) {
 
 	// Several failed dials while no server listens.
 	for i := 0; i < 5; i++ {
-		eventually(t, nil, clk.HasWaiters)
-		clk.Step(5 * time.Second)
+		testutil.StepWhenWaiting(t, clk, 5*time.Second)
 	}
 	if s.Connected() {
 		t.Fatal("connected to nothing")

@@ -859,8 +859,7 @@ func TestRetryWaitsForSuspectPod(t *testing.T) {
 			c.release <- fmt.Errorf("refused: %w", ErrRetryable)
 			waitQueued(t, th, rev, 1)
 			c.notEntered(t)
-			waitFor(t, "timer armed", fake.HasWaiters)
-			fake.Step(time.Second)
+			testutil.StepWhenWaiting(t, fake, time.Second)
 			if d := c.entered(t); d != "a:1" {
 				t.Fatalf("retry went to %s", d)
 			}
