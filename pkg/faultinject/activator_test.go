@@ -172,8 +172,7 @@ func TestPodLatencyWaitsOnTheClockAndHonoursCancel(t *testing.T) {
 		}
 		done <- err
 	}()
-	testutil.Eventually(t, "the request waits on the clock", f.clk.HasWaiters)
-	f.clk.Step(299 * time.Millisecond)
+	testutil.StepWhenWaiting(t, f.clk, 299*time.Millisecond)
 	select {
 	case <-done:
 		t.Fatal("sent before the delay")
@@ -224,8 +223,7 @@ func TestProbeStall(t *testing.T) {
 		}
 		done <- err
 	}()
-	testutil.Eventually(t, "the probe waits on the clock", f.clk.HasWaiters)
-	f.clk.Step(5 * time.Second)
+	testutil.StepWhenWaiting(t, f.clk, 5*time.Second)
 	if err := <-done; err != nil || next.calls != 1 {
 		t.Fatalf("probe after the stall: err %v, %d calls", err, next.calls)
 	}

@@ -37,8 +37,7 @@ func TestScaleWriteDelay(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- sc.SetReplicas(context.Background(), "ns", ref, 1) }()
-	testutil.Eventually(t, "the write waits on the clock", f.clk.HasWaiters)
-	f.clk.Step(2 * time.Second)
+	testutil.StepWhenWaiting(t, f.clk, 2*time.Second)
 	if rec.count() != 0 {
 		t.Fatal("written before the delay")
 	}

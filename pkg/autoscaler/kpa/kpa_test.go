@@ -12,6 +12,7 @@ import (
 	nv1alpha1 "knative.dev/networking/pkg/apis/networking/v1alpha1"
 	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/multiscaler"
 )
@@ -595,16 +596,7 @@ func TestAsyncProbeRequeues(t *testing.T) {
 		t.Fatal("second offer for the same key accepted")
 	}
 	// Tick until the 45s deadline passes; every tick probes once.
-	deadline := time.Now().Add(10 * time.Second)
-	for h.r.probes.inFlight(key) && time.Now().Before(deadline) {
-		if h.clock.HasWaiters() {
-			h.clock.Step(asyncProbePeriod)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if h.r.probes.inFlight(key) {
-		t.Fatal("probe loop did not end after its timeout")
-	}
+	testutil.StepUntil(t, h.clock, asyncProbePeriod, func() bool { return !h.r.probes.inFlight(key) })
 	h.r.probes.wait()
 	found := false
 	for _, a := range h.after {
