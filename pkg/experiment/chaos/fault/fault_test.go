@@ -9,6 +9,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 // fakeFault counts injections and undos; failAt makes the n-th injection (1-based) fail half-way,
@@ -51,20 +53,13 @@ func (f *fakeFault) counts() (int, int) {
 	return f.injected, f.undone
 }
 
-// drive steps the fake clock whenever the schedule waits on it, until done is closed.
-func drive(c *clocktesting.FakeClock, step time.Duration, done <-chan struct{}) {
-	for {
-		select {
-		case <-done:
-			return
-		default:
-		}
-		if c.HasWaiters() {
-			c.Step(step)
-		} else {
-			time.Sleep(time.Millisecond) // let the schedule reach its next wait (real time, test driver only)
-		}
-	}
+// drive runs f on its own goroutine and steps the fake clock by step whenever f waits on it, until f
+// returns (or fails t after testutil.Timeout).
+func drive(t *testing.T, c *clocktesting.FakeClock, step time.Duration, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	testutil.StepUntil(t, c, step, testutil.Closed(done))
 }
 
 func TestScheduleAlwaysUndoes(t *testing.T) {
@@ -99,10 +94,9 @@ func TestScheduleAlwaysUndoes(t *testing.T) {
 			}
 			s := Schedule{Injector: f, Period: 20 * time.Second, Duration: 2 * time.Minute, Hold: tc.hold,
 				MaxErrors: tc.maxErrors, Clock: c, Rand: rand.New(rand.NewPCG(1, 2))}
-			done := make(chan struct{})
-			go drive(c, time.Second, done)
-			marks, err := s.Run(ctx)
-			close(done)
+			var marks []Mark
+			var err error
+			drive(t, c, time.Second, func() { marks, err = s.Run(ctx) })
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
 			}
@@ -125,11 +119,10 @@ func TestScheduleIsBoundedByDuration(t *testing.T) {
 	f := &fakeFault{}
 	s := Schedule{Injector: f, Period: 20 * time.Second, Jitter: 5 * time.Second, Duration: 5 * time.Minute,
 		Clock: c, Rand: rand.New(rand.NewPCG(3, 4))}
-	done := make(chan struct{})
-	go drive(c, time.Second, done)
 	start := c.Now()
-	marks, err := s.Run(context.Background())
-	close(done)
+	var marks []Mark
+	var err error
+	drive(t, c, time.Second, func() { marks, err = s.Run(context.Background()) })
 	if err != nil {
 		t.Fatal(err)
 	}

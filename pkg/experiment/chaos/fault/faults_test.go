@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/lab/proc"
 )
@@ -219,12 +220,7 @@ func TestOutageUndoWaitsForReadyAndIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- undo(ctx) }()
-	for calls.Load() < 3 {
-		if c.HasWaiters() {
-			c.Step(time.Second)
-		}
-		time.Sleep(time.Millisecond) // test driver only: let the undo reach its next wait
-	}
+	testutil.StepUntil(t, c, time.Second, func() bool { return calls.Load() >= 3 })
 	cancel()
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "not ready") {
 		t.Errorf("undo = %v, want a not-ready error", err)
@@ -309,10 +305,9 @@ func TestUserPodKillPicksTheYoungestScalingUpPod(t *testing.T) {
 			kc := fake.NewClientset(objs...)
 			u := UserPodKill{Killer: Killer{Kube: kc, Component: UserContainer, Namespace: "chaos"},
 				Service: func(s string) bool { return strings.HasPrefix(s, "cold-") }, Young: 10 * time.Second, Wait: 2 * time.Second, Clock: c}
-			done := make(chan struct{})
-			go drive(c, 100*time.Millisecond, done)
-			target, _, err := u.Inject(context.Background())
-			close(done)
+			var target string
+			var err error
+			drive(t, c, 100*time.Millisecond, func() { target, _, err = u.Inject(context.Background()) })
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v", err)
 			}
