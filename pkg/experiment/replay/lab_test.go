@@ -54,23 +54,19 @@ func (r *recorder) len() int {
 }
 
 // drive steps the fake clock by step whenever the dispatcher waits on it,
-// until done closes.
+// until it returns on done (testutil.StepUntil: bounded by testutil.Timeout).
 func drive(t *testing.T, clk *clocktesting.FakeClock, step time.Duration, done <-chan error) error {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
+	var err error
+	testutil.StepUntil(t, clk, step, func() bool {
 		select {
-		case err := <-done:
-			return err
-		case <-deadline:
-			t.Fatal("Dispatch did not return")
+		case err = <-done:
+			return true
 		default:
+			return false
 		}
-		if clk.HasWaiters() {
-			clk.Step(step)
-		}
-		time.Sleep(time.Millisecond) // let the dispatcher run; the fake clock is what is measured
-	}
+	})
+	return err
 }
 
 func TestDispatchOnTime(t *testing.T) {
@@ -120,8 +116,7 @@ func TestDispatchBoundLate(t *testing.T) {
 		})
 	}()
 	testutil.Eventually(t, "the first arrival fired", func() bool { return rec.len() > 0 })
-	testutil.Eventually(t, "the dispatcher waiting on the clock", clk.HasWaiters)
-	clk.Step(300 * time.Millisecond) // past the second's time; it waits for the bound
+	testutil.StepWhenWaiting(t, clk, 300*time.Millisecond) // past the second's time; it waits for the bound
 	close(release)
 	if err := drive(t, clk, 50*time.Millisecond, done); err != nil {
 		t.Fatal(err)
