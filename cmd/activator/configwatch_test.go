@@ -13,6 +13,7 @@ import (
 
 	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/activator"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/observability"
 )
 
@@ -23,12 +24,11 @@ func TestConfigMapsApplyAtRunTime(t *testing.T) {
 	rl := activator.NewRequestLogger(&out)
 	logger := zaptest.NewLogger(t).Sugar()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		watchConfigMaps(ctx, kube, "knative-serving", configHandlers{"config-observability": observabilityHandler(p, rl, logger)}, nil)
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
+	defer cancel()
+	if err := cmwatch.Watch(ctx, ctx, kube, "knative-serving",
+		cmwatch.Funcs{ConfigMap: "config-observability", Update: observabilityHandler(p, rl, logger)}); err != nil {
+		t.Fatal(err)
+	}
 
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "knative-serving", Name: "config-observability"},
 		Data: map[string]string{"runtime-profiling": "enabled"}}

@@ -5,10 +5,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
 	"github.com/thaw-dev/thaw/pkg/activator/concurrency"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
 
@@ -64,11 +64,10 @@ func (f faults) probeTransport(rt http.RoundTripper) http.RoundTripper {
 	return f.inj.WrapProbeTransport(rt)
 }
 
-// handlers adds the ConfigMap's handlers when fault injection is on.
-func (f faults) handlers(hs configHandlers, dels map[string]func()) {
+// watches is the ConfigMap watch fault injection needs: none when it is off.
+func (f faults) watches() []cmwatch.Handler {
 	if f.inj == nil {
-		return
+		return nil
 	}
-	hs[faultinject.ConfigMapName] = func(cm *corev1.ConfigMap) { _ = f.inj.OnConfigMap(cm) }
-	dels[faultinject.ConfigMapName] = f.inj.OnDelete
+	return []cmwatch.Handler{f.inj}
 }

@@ -57,13 +57,12 @@ func TestFaultSwitch(t *testing.T) {
 			if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != tc.errLines {
 				t.Errorf("%d error lines, want %d", n, tc.errLines)
 			}
-			hs, dels := configHandlers{}, map[string]func(){}
-			f.handlers(hs, dels)
-			if _, watched := hs[faultinject.ConfigMapName]; watched != tc.on {
+			ws := f.watches()
+			if watched := len(ws) == 1 && ws[0].Name() == faultinject.ConfigMapName; watched != tc.on {
 				t.Errorf("ConfigMap handled: %v, want %v", watched, tc.on)
 			}
-			if _, watched := dels[faultinject.ConfigMapName]; watched != tc.on {
-				t.Errorf("ConfigMap deletion handled: %v, want %v", watched, tc.on)
+			if len(ws) > 1 {
+				t.Errorf("%d watches, want at most the fault ConfigMap's", len(ws))
 			}
 			var s nopSink
 			rt := http.DefaultTransport

@@ -37,6 +37,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/activator/revisions"
 	"github.com/thaw-dev/thaw/pkg/activator/statsink"
 	"github.com/thaw-dev/thaw/pkg/activator/throttler"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/observability"
 )
@@ -286,14 +287,15 @@ func runActivator(ctx context.Context, e *env, obsCfg *observability.Config, kub
 	profiling := observability.NewProfiling(obsCfg.RuntimeProfiling)
 	requestLog := activator.NewRequestLogger(os.Stdout)
 	applyObservability(obsCfg, profiling, requestLog, logger)
-	cmHandlers, cmDeletes := configHandlers{
-		e.ConfigLoggingName:       loggingHandler(logger, level),
-		e.ConfigObservabilityName: withMetricsExport(observabilityHandler(profiling, requestLog, logger), metricsExport, logger),
-	}, map[string]func(){}
-	flt.handlers(cmHandlers, cmDeletes)
-	start(func(c context.Context) { watchConfigMaps(c, kube, e.SystemNamespace, cmHandlers, cmDeletes) })
 
 	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
+	// The ConfigMap watches run with the background owners; they have applied the cluster's values
+	// before the servers start.
+	if err := cmwatch.Watch(syncCtx, bgCtx, kube, e.SystemNamespace,
+		configWatches(e, logger, level, profiling, requestLog, metricsExport, flt)...); err != nil {
+		syncCancel()
+		return err
+	}
 	if !store.WaitForSync(syncCtx) || !epm.WaitForSync(syncCtx) || (itls != nil && !itls.watcher.WaitForSync(syncCtx)) {
 		syncCancel()
 		return fmt.Errorf("informers did not sync within a minute")

@@ -35,12 +35,15 @@ func applyMetricsExport(exp *observability.MetricsExporter, cfg *observability.C
 
 // withMetricsExport adds the OTLP export's reaction to a config-observability handler. An invalid
 // ConfigMap is left to h, which reports it; the export stays as it was.
-func withMetricsExport(h func(*corev1.ConfigMap), exp *observability.MetricsExporter, logger *zap.SugaredLogger) func(*corev1.ConfigMap) {
-	return func(cm *corev1.ConfigMap) {
-		h(cm)
+func withMetricsExport(h func(*corev1.ConfigMap) error, exp *observability.MetricsExporter, logger *zap.SugaredLogger) func(*corev1.ConfigMap) error {
+	return func(cm *corev1.ConfigMap) error {
+		if err := h(cm); err != nil {
+			return err
+		}
 		if cfg, err := observability.NewConfigFromMap(cm.Data); err == nil {
 			applyMetricsExport(exp, cfg, logger)
 		}
+		return nil
 	}
 }
 

@@ -118,7 +118,7 @@ func TestMetricsExportFollowsConfigObservability(t *testing.T) {
 	defer exp.Shutdown(context.Background())
 	logger := zaptest.NewLogger(t).Sugar()
 	calls := 0
-	h := withMetricsExport(func(*corev1.ConfigMap) { calls++ }, exp, logger)
+	h := withMetricsExport(func(*corev1.ConfigMap) error { calls++; return nil }, exp, logger)
 	cm := func(data map[string]string) *corev1.ConfigMap {
 		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "config-observability"}, Data: data}
 	}

@@ -45,7 +45,7 @@ type rule struct {
 
 // floor is the shared floor both wings stand on.
 var floor = []string{thaw("pkg/wire"), thaw("pkg/asconfig"), thaw("pkg/observability"), thaw("pkg/coldstart"),
-	thaw("pkg/workloop"), thaw("pkg/faultinject")}
+	thaw("pkg/workloop"), thaw("pkg/faultinject"), thaw("pkg/cmwatch")}
 
 // tools are the top-level packages that serve neither wing at run time:
 // building release images and swapping them into an install.
@@ -340,6 +340,7 @@ func TestUnplaced(t *testing.T) {
 		{thaw("pkg/lab/kingress"), false},
 		{thaw("pkg/experiment/replay/sim"), false},
 		{thaw("pkg/workloop"), false},
+		{thaw("pkg/cmwatch"), false},
 		{thaw("pkg/swap"), false},
 		{thaw("cmd/thaw"), false},
 		{thaw("pkg/newthing"), true},

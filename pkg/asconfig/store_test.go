@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 )
 
 func cm(ns, name string, data map[string]string) *corev1.ConfigMap {
@@ -78,7 +80,7 @@ func TestWatch(t *testing.T) {
 	s.OnChange(func(c *Config) { changed <- c })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := Watch(ctx, client, ns, s); err != nil {
+	if err := cmwatch.Watch(ctx, ctx, client, ns, s); err != nil {
 		t.Fatal(err)
 	}
 	listed := false
@@ -136,7 +138,7 @@ func TestWatch(t *testing.T) {
 func TestWatchCancelledBeforeSync(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := Watch(ctx, fake.NewSimpleClientset(), "ns", NewAutoscalerStore(zap.NewNop().Sugar())); err == nil {
+	if err := cmwatch.Watch(ctx, ctx, fake.NewSimpleClientset(), "ns", NewAutoscalerStore(zap.NewNop().Sugar())); err == nil {
 		t.Fatal("Watch on a cancelled context succeeded")
 	}
 }

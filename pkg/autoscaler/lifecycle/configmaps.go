@@ -12,6 +12,7 @@ import (
 	pkglogging "knative.dev/pkg/logging"
 
 	"github.com/thaw-dev/thaw/pkg/autoscaler/scraper"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/observability"
 )
 
@@ -51,26 +52,13 @@ func newNetConfigFromMap(data map[string]string) (*netConfig, error) {
 	return c, nil
 }
 
-// cmHandler adapts functions to asconfig.ConfigMapHandler, for ConfigMaps
-// that need no Store.
-type cmHandler struct {
-	name     string
-	onUpdate func(*corev1.ConfigMap) error
-	onDelete func()
-}
-
-func (h cmHandler) Name() string                           { return h.name }
-func (h cmHandler) OnConfigMap(cm *corev1.ConfigMap) error { return h.onUpdate(cm) }
-func (h cmHandler) OnDelete()                              { h.onDelete() }
-
 // loggingHandler applies config-logging's level for the autoscaler live; a
 // deleted ConfigMap leaves the level as it is.
-func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLevel) cmHandler {
+func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLevel) cmwatch.Funcs {
 	update := pkglogging.UpdateLevelFromConfigMap(logger, level, Component)
-	return cmHandler{
-		name:     name,
-		onUpdate: func(cm *corev1.ConfigMap) error { update(cm); return nil },
-		onDelete: func() {},
+	return cmwatch.Funcs{
+		ConfigMap: name,
+		Update:    func(cm *corev1.ConfigMap) error { update(cm); return nil },
 	}
 }
 
@@ -79,7 +67,7 @@ func loggingHandler(name string, logger *zap.SugaredLogger, level zap.AtomicLeve
 // http/protobuf starts (or moves, or stops) the OTLP metrics export.
 // Prometheus is always served on the metrics port, whatever metrics-protocol
 // says.
-func observabilityHandler(name string, prof *observability.Profiling, exp *observability.MetricsExporter, logger *zap.SugaredLogger) cmHandler {
+func observabilityHandler(name string, prof *observability.Profiling, exp *observability.MetricsExporter, logger *zap.SugaredLogger) cmwatch.Funcs {
 	apply := func(c *observability.Config) {
 		prof.SetEnabled(c.RuntimeProfiling)
 		// A collector gone away must not hold up the watch for long.
@@ -93,9 +81,9 @@ func observabilityHandler(name string, prof *observability.Profiling, exp *obser
 			"metrics-protocol", c.MetricsProtocol, "metrics-endpoint", c.MetricsEndpoint,
 			"otlp", exp.Active(), "otlpChanged", changed, "runtime-profiling", c.RuntimeProfiling)
 	}
-	return cmHandler{
-		name: name,
-		onUpdate: func(cm *corev1.ConfigMap) error {
+	return cmwatch.Funcs{
+		ConfigMap: name,
+		Update: func(cm *corev1.ConfigMap) error {
 			c, err := observability.NewConfigFromMap(cm.Data)
 			if err != nil {
 				logger.Errorw("Invalid config-observability ignored; keeping the last good one", zap.Error(err))
@@ -104,6 +92,6 @@ func observabilityHandler(name string, prof *observability.Profiling, exp *obser
 			apply(c)
 			return nil
 		},
-		onDelete: func() { apply(observability.Defaults()) },
+		Delete: func() { apply(observability.Defaults()) },
 	}
 }

@@ -5,10 +5,10 @@ import (
 	"go.uber.org/zap"
 	"k8s.io/utils/clock"
 
-	"github.com/thaw-dev/thaw/pkg/asconfig"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/decider"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/kpa"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/multiscaler"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 )
 
@@ -33,11 +33,11 @@ func (a *app) initFaults() {
 }
 
 // faultWatch is the ConfigMap watch fault injection needs: none when it is off.
-func (a *app) faultWatch() []asconfig.ConfigMapHandler {
+func (a *app) faultWatch() []cmwatch.Handler {
 	if a.faults == nil {
 		return nil
 	}
-	return []asconfig.ConfigMapHandler{a.faults}
+	return []cmwatch.Handler{a.faults}
 }
 
 // startFaults registers the metrics and, once the parts exist, reconciles every PA at each change of

@@ -44,6 +44,7 @@ import (
 	"github.com/thaw-dev/thaw/pkg/autoscaler/kpa"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/statforward"
 	"github.com/thaw-dev/thaw/pkg/autoscaler/statserver"
+	"github.com/thaw-dev/thaw/pkg/cmwatch"
 	"github.com/thaw-dev/thaw/pkg/coldstart"
 	"github.com/thaw-dev/thaw/pkg/faultinject"
 	"github.com/thaw-dev/thaw/pkg/observability"
@@ -112,9 +113,9 @@ type app struct {
 	deps     Deps
 	clock    clock.WithTicker
 	logger   *zap.SugaredLogger
-	asStore  *asconfig.Store[asconfig.Config]
-	depStore *asconfig.Store[asconfig.DeploymentConfig]
-	netStore *asconfig.Store[netConfig]
+	asStore  *cmwatch.Store[asconfig.Config]
+	depStore *cmwatch.Store[asconfig.DeploymentConfig]
+	netStore *cmwatch.Store[netConfig]
 	recorder record.EventRecorder
 	// cold times scales from zero and keeps the last ones for /debug/coldstarts.
 	cold *coldstart.Recorder
@@ -151,12 +152,12 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 		a.clock = clock.RealClock{}
 	}
 
-	// ConfigMaps, watched live for the life of the process. Each Watch returns once its informer has
-	// synced, so the reconcilers start with the cluster's values.
+	// ConfigMaps, watched live for the life of the process. cmwatch.Watch returns once every informer
+	// has synced, so the reconcilers start with the cluster's values.
 	a.asStore = asconfig.NewAutoscalerStore(logger)
 	a.depStore = asconfig.NewDeploymentStore(logger)
 	var err error
-	if a.netStore, err = asconfig.NewStore(networkConfigName, newNetConfigFromMap, logger); err != nil {
+	if a.netStore, err = cmwatch.NewStore(networkConfigName, newNetConfigFromMap, logger); err != nil {
 		return err
 	}
 	a.asStore.OnChange(func(*asconfig.Config) { a.resyncAll() })
@@ -175,15 +176,14 @@ func Run(ctx context.Context, cfg Config, d Deps, ready chan<- [2]string, logger
 	watchCtx, stopWatches := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatches()
 	a.initFaults()
-	for _, h := range append([]asconfig.ConfigMapHandler{a.asStore, a.depStore, a.netStore,
+	// The watches live until watchCtx ends; waiting for their first sync gives up when ctx does.
+	if err := cmwatch.Watch(ctx, watchCtx, d.Kube, cfg.Namespace, append([]cmwatch.Handler{a.asStore, a.depStore, a.netStore,
 		loggingHandler(cfg.LoggingName, logger, level),
-		observabilityHandler(cfg.ObservabilityName, prof, metricsExport, logger)}, a.faultWatch()...) {
-		if err := watchUntil(ctx, watchCtx, d.Kube, cfg.Namespace, h); err != nil {
-			if ctx.Err() != nil {
-				return nil // stopped before the API server answered
-			}
-			return err
+		observabilityHandler(cfg.ObservabilityName, prof, metricsExport, logger)}, a.faultWatch()...)...); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before the API server answered
 		}
+		return err
 	}
 
 	// Events for scale changes; the broadcaster's queue is bounded by client-go and shut down on exit.
@@ -460,22 +460,4 @@ func (a *app) startObservability(ctx context.Context) *observability.Config {
 		}
 	}
 	return observability.Defaults()
-}
-
-// watchUntil starts a live watch of one ConfigMap; the watch lasts until watchCtx ends, but waiting for
-// its first sync gives up when ctx does.
-func watchUntil(ctx, watchCtx context.Context, kube kubernetes.Interface, ns string, h asconfig.ConfigMapHandler) error {
-	wctx, cancel := context.WithCancel(watchCtx)
-	stop := context.AfterFunc(ctx, cancel)
-	err := asconfig.Watch(wctx, kube, ns, h)
-	if !stop() && err != nil {
-		return fmt.Errorf("ConfigMap %s: %w", h.Name(), context.Cause(ctx))
-	}
-	if err != nil {
-		cancel()
-		return err
-	}
-	// The watch now lives with watchCtx only.
-	context.AfterFunc(watchCtx, cancel)
-	return nil
 }
