@@ -3,7 +3,6 @@ package swap
 import (
 	"context"
 	"reflect"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/thaw-dev/thaw/internal/testutil"
 )
 
 // deployment is a Deployment as a client-side `kubectl apply -f` of upstream's leaves it: labels,
@@ -167,23 +168,33 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// step advances clk by d whenever the waiter under test sleeps on it, until done yields.
+// step advances clk by d whenever the waiter under test sleeps on it, calling each (if set) just
+// before every step, until done yields (testutil.StepUntil: bounded by testutil.Timeout).
 func step(t *testing.T, clk *clocktesting.FakeClock, d time.Duration, done <-chan error, each func()) error {
 	t.Helper()
-	for {
+	var err error
+	testutil.StepUntil(t, hookedClock{clk, each}, d, func() bool {
 		select {
-		case err := <-done:
-			return err
+		case err = <-done:
+			return true
 		default:
+			return false
 		}
-		if clk.HasWaiters() {
-			if each != nil {
-				each()
-			}
-			clk.Step(d)
-		}
-		runtime.Gosched()
+	})
+	return err
+}
+
+// hookedClock calls before ahead of each step of its clock.
+type hookedClock struct {
+	*clocktesting.FakeClock
+	before func()
+}
+
+func (c hookedClock) Step(d time.Duration) {
+	if c.before != nil {
+		c.before()
 	}
+	c.FakeClock.Step(d)
 }
 
 func TestWait(t *testing.T) {
