@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thaw-dev/thaw/internal/testutil"
 	"github.com/thaw-dev/thaw/pkg/activator/proxy"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -131,20 +132,18 @@ func post(ctx context.Context, front *httptest.Server, host, body string) <-chan
 // scheduled), or the request ended.
 func awaitWaiter(t *testing.T, fc *clocktesting.FakeClock, done <-chan result) (result, bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	var r result
+	ended := false
+	testutil.Eventually(t, "the request to end or schedule a retry", func() bool {
 		select {
-		case r := <-done:
-			return r, true
+		case r = <-done:
+			ended = true
+			return true
 		default:
+			return fc.HasWaiters()
 		}
-		if fc.HasWaiters() {
-			return result{}, false
-		}
-		time.Sleep(time.Millisecond)
-	}
-	t.Fatal("request neither ended nor scheduled a retry")
-	return result{}, false
+	})
+	return r, ended
 }
 
 // A revision's Service that refuses connections at first (kube-proxy has
