@@ -25,8 +25,12 @@ func TestConfigMapsApplyAtRunTime(t *testing.T) {
 	logger := zaptest.NewLogger(t).Sugar()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := cmwatch.Watch(ctx, ctx, kube, "knative-serving",
-		cmwatch.Funcs{ConfigMap: "config-observability", Update: observabilityHandler(p, rl, logger)}); err != nil {
+	// handled carries each ConfigMap the handler has finished with: the signal that an ignored one
+	// was seen and ignored, rather than not yet delivered.
+	handled := make(chan *corev1.ConfigMap, 10)
+	h := observabilityHandler(p, rl, logger)
+	if err := cmwatch.Watch(ctx, ctx, kube, "knative-serving", cmwatch.Funcs{ConfigMap: "config-observability",
+		Update: func(cm *corev1.ConfigMap) error { err := h(cm); handled <- cm; return err }}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -41,14 +45,28 @@ func TestConfigMapsApplyAtRunTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return !p.Enabled() })
-	// Invalid values are ignored: profiling stays as it was.
-	cm.Data = map[string]string{"runtime-profiling": "sometimes"}
-	kube.CoreV1().ConfigMaps("knative-serving").Update(ctx, cm, metav1.UpdateOptions{})
 	// Another namespace's ConfigMap of the same name is not watched.
 	other := cm.DeepCopy()
 	other.Namespace, other.Data = "default", map[string]string{"runtime-profiling": "enabled"}
-	kube.CoreV1().ConfigMaps("default").Create(ctx, other, metav1.CreateOptions{})
-	time.Sleep(50 * time.Millisecond)
+	if _, err := kube.CoreV1().ConfigMaps("default").Create(ctx, other, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Invalid values are ignored: profiling stays as it was.
+	cm.Data = map[string]string{"runtime-profiling": "sometimes"}
+	if _, err := kube.CoreV1().ConfigMaps("knative-serving").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for seen := false; !seen; {
+		select {
+		case got := <-handled:
+			if got.Namespace != "knative-serving" {
+				t.Fatalf("the handler got %s's ConfigMap", got.Namespace)
+			}
+			seen = got.Data["runtime-profiling"] == "sometimes"
+		case <-time.After(10 * time.Second):
+			t.Fatal("the invalid update never reached the handler")
+		}
+	}
 	if p.Enabled() {
 		t.Fatal("an invalid or foreign ConfigMap changed profiling")
 	}
