@@ -249,10 +249,19 @@ func TestHold(t *testing.T) {
 		t.Fatal("an updated revision must stay live for the older Info")
 	}
 	go s.delete(rev("ns", "a"))
+	// The explicit signal that the deletion reached the hold: a writer waiting on the revision's life
+	// makes TryRLock refuse. Were the deletion not to wait for the hold, that never happens and this fails.
+	testutil.Eventually(t, "the deletion waiting for the held request", func() bool {
+		if first.life.mu.TryRLock() {
+			first.life.mu.RUnlock()
+			return false
+		}
+		return true
+	})
 	select {
 	case <-handled:
 		t.Fatal("delete handlers ran while a request held the revision")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	first.Release()
 	<-handled
