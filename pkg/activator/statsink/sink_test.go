@@ -175,10 +175,11 @@ func TestDisconnectedKeepsPokesDropsBatches(t *testing.T) {
 	if !got["a"] || !got["b"] {
 		t.Fatalf("pokes after reconnect = %v, want a and b", got)
 	}
-	select {
-	case m := <-srv.out:
+	// A fence instead of a short wait: one more poke goes out on the same connection after anything the
+	// reconnect flushed, so the next message must be it.
+	s.Poke(msg("fence", 1))
+	if m := srv.next(t); m.Key.Name != "fence" {
 		t.Fatalf("unexpected message %+v (dropped batch or duplicate poke)", m)
-	case <-time.After(50 * time.Millisecond):
 	}
 	if n := logs.FilterMessage("Autoscaler not reachable; retrying in the background").Len(); n != 1 {
 		t.Fatalf("%d outage log lines, want 1", n)
