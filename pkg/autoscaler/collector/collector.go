@@ -99,6 +99,9 @@ type Drops struct {
 	UnknownRevision uint64
 	// Invalid: a non-finite value or a timestamp too far in the future.
 	Invalid uint64
+	// Seeded: a stat of a second this replica took from a peer's snapshot, which counted it already
+	// (a peer's forwarding backlog flushed after a restart).
+	Seeded uint64
 }
 
 // Collector holds the collections of all revisions. It is safe for
@@ -117,7 +120,7 @@ type Collector struct {
 	// pending holds seeded seconds of revisions whose collection does not exist yet.
 	pending map[types.NamespacedName]pendingSeed
 
-	droppedUnknown, droppedInvalid atomic.Uint64
+	droppedUnknown, droppedInvalid, droppedSeeded atomic.Uint64
 	// horizon caches clock.Now()+skew in unix nanoseconds: a stat up to it
 	// is not too far in the future, so most Records need no clock read.
 	horizon atomic.Int64
@@ -172,6 +175,11 @@ type collection struct {
 	// liveFrom is the unix second of the first stat recorded here (0: none yet); seeded seconds from
 	// another replica are taken only before it.
 	liveFrom int64
+	// seededThrough is the newest second taken from another replica's snapshot (0: none). A stat of
+	// that second or an older one arriving afterwards was in the snapshot already: the peers that
+	// queued stats for this replica while it was down flush them once it is back, and recording them
+	// would count those seconds twice.
+	seededThrough int64
 }
 
 func newCollection(cfg Config) *collection {
@@ -218,8 +226,9 @@ func (c *Collector) CreateOrUpdate(key types.NamespacedName, cfg Config) error {
 	}
 	col := newCollection(cfg)
 	col.scraper = scraper
-	if secs := c.takePending(key, c.clock.Now()); secs != nil {
-		col.seed(secs)
+	now := c.clock.Now()
+	if secs := c.takePending(key, now); secs != nil {
+		col.seed(secs, now)
 	}
 	c.revs[key] = col
 	if c.scrapers != nil {
@@ -290,8 +299,14 @@ func (c *Collector) Record(key types.NamespacedName, t time.Time, s wire.Stat) {
 		return
 	}
 	col.mu.Lock()
-	col.record(t, concurrency, rps)
+	ok := col.record(t, concurrency, rps)
 	col.mu.Unlock()
+	if !ok {
+		if n := c.droppedSeeded.Add(1); n&(n-1) == 0 {
+			c.logger.Infow("Dropped a stat of a second taken from a peer's windows", "key", key.String(),
+				"time", t, "dropped", n)
+		}
+	}
 }
 
 // maxUnixNanoSeconds is the first unix second UnixNano cannot represent.
@@ -316,7 +331,11 @@ func (c *Collector) tooNew(t time.Time) bool {
 	return tn > h
 }
 
-func (col *collection) record(t time.Time, concurrency, rps float64) {
+// record adds a stat to the windows; false when its second came from a peer's snapshot.
+func (col *collection) record(t time.Time, concurrency, rps float64) bool {
+	if col.seededThrough != 0 && t.Unix() <= col.seededThrough {
+		return false
+	}
 	if col.liveFrom == 0 {
 		col.liveFrom = t.Unix()
 	}
@@ -324,11 +343,12 @@ func (col *collection) record(t time.Time, concurrency, rps float64) {
 	col.concPnc.Record(t, concurrency)
 	col.rps.Record(t, rps)
 	col.rpsPnc.Record(t, rps)
+	return true
 }
 
 // Drops returns the counts of stats not recorded.
 func (c *Collector) Drops() Drops {
-	return Drops{UnknownRevision: c.droppedUnknown.Load(), Invalid: c.droppedInvalid.Load()}
+	return Drops{UnknownRevision: c.droppedUnknown.Load(), Invalid: c.droppedInvalid.Load(), Seeded: c.droppedSeeded.Load()}
 }
 
 // StableAndPanicConcurrency returns the stable and panic window averages of
@@ -417,6 +437,8 @@ func (c *Collector) scrapeLoop(ctx context.Context, key types.NamespacedName, co
 		var at time.Time
 		if stat != (wire.Stat{}) {
 			at = c.clock.Now()
+			// Not recorded here when this second came from a peer's snapshot (only the second a
+			// restarted replica took it in); mirrored all the same, as the peers lack this scrape.
 			col.record(at,
 				stat.AverageConcurrentRequests-stat.AverageProxiedConcurrentRequests,
 				stat.RequestCount-stat.ProxiedRequestCount)
@@ -450,4 +472,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	d := c.Drops()
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(d.UnknownRevision), "unknown_revision")
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(d.Invalid), "invalid")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(d.Seeded), "seeded")
 }

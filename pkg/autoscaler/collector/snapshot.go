@@ -70,7 +70,7 @@ func (c *Collector) Seed(snap []RevisionSnapshot) (seeded int) {
 		key := types.NamespacedName{Namespace: rs.Namespace, Name: rs.Name}
 		if col := c.revs[key]; col != nil {
 			col.mu.Lock()
-			col.seed(rs.Seconds)
+			col.seed(rs.Seconds, now)
 			col.mu.Unlock()
 			seeded++
 			continue
@@ -109,10 +109,14 @@ func (c *Collector) takePending(key types.NamespacedName, now time.Time) []Secon
 	return p.seconds
 }
 
-// seed records seconds older than the collection's first live write. col.mu is held.
-func (col *collection) seed(secs []Second) {
+// seed records seconds older than the collection's first live write and newer than any seeded
+// before, and remembers the newest, so that no stat of those seconds is recorded again. A second past
+// now (a peer's clock ahead of this one) is not taken: it would hold back this replica's own stats.
+// col.mu is held.
+func (col *collection) seed(secs []Second, now time.Time) {
 	for _, s := range secs {
-		if col.liveFrom != 0 && s.Sec >= col.liveFrom {
+		if (col.liveFrom != 0 && s.Sec >= col.liveFrom) || (col.seededThrough != 0 && s.Sec <= col.seededThrough) ||
+			s.Sec > now.Unix() {
 			continue
 		}
 		t := time.Unix(s.Sec, 0)
@@ -120,5 +124,6 @@ func (col *collection) seed(secs []Second) {
 		col.concPnc.Record(t, s.Concurrency)
 		col.rps.Record(t, s.RPS)
 		col.rpsPnc.Record(t, s.RPS)
+		col.seededThrough = max(col.seededThrough, s.Sec)
 	}
 }
