@@ -237,7 +237,11 @@ func (d *Delayer) Close() error {
 	// The releaser flushes before the socket closes, so the flush's verdicts reach the kernel
 	// (closing a queue with packets in it drops them).
 	<-d.releaseDone
+	// Under the verdict lock: a packet the reader took while Close ran gets its verdict before the
+	// queue closes, not after.
+	d.vmu.Lock()
 	err := d.q.close()
+	d.vmu.Unlock()
 	<-d.readDone
 	return err
 }

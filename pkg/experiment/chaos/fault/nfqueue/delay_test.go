@@ -171,6 +171,9 @@ func TestDelayerCloseFlushesHeldPackets(t *testing.T) {
 	for id := uint32(1); id <= 3; id++ {
 		q.in <- id
 	}
+	// All three held (a send returns once the reader has the packet, not once it is held) and the
+	// releaser waiting on the first one's delay.
+	testutil.Eventually(t, "three packets held", func() bool { return d.held() == 3 })
 	testutil.Eventually(t, "the releaser waiting", c.HasWaiters)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
