@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,15 +30,35 @@ import (
 	"github.com/thaw-dev/thaw/pkg/wire"
 )
 
+// freeAddr returns a loopback address nothing listens on, for a server the test starts later. The
+// port comes from below the kernel's ephemeral range (32768 and up): a port the kernel handed out
+// for :0 and freed again can be taken by any outgoing connection of a parallel test before the
+// server binds it. Ports are handed out once per test binary.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		if freePorts.given[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		freePorts.given[port] = true
+		return l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }
+
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
 
 // TestRunActivatorWiring runs the real main wiring on loopback with fake
 // API clients: a Revision, its private Endpoints pointing at a pod that
